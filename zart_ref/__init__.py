@@ -1,0 +1,42 @@
+"""Zart reference worker: durable tasks over PostgreSQL, MySQL/MariaDB and SQLite."""
+
+from .backend import Backend, ClaimedTask, Lease, NewTask, TaskRecord
+from .config import PoolConfig, WorkerConfig
+from .context import RunningTask, current_task
+from .errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    LeaseLost,
+    PayloadError,
+    UnknownHandler,
+    ZartError,
+)
+from .registry import Registry
+from .retry import RetryPolicy
+from .sql import SQLBackend
+from .urls import normalize_url, redact
+from .worker import Worker
+
+__all__ = [
+    "Backend",
+    "ClaimedTask",
+    "ConfigError",
+    "DatabaseUnavailable",
+    "Lease",
+    "LeaseLost",
+    "NewTask",
+    "PayloadError",
+    "PoolConfig",
+    "Registry",
+    "RetryPolicy",
+    "RunningTask",
+    "SQLBackend",
+    "TaskRecord",
+    "UnknownHandler",
+    "Worker",
+    "WorkerConfig",
+    "ZartError",
+    "current_task",
+    "normalize_url",
+    "redact",
+]

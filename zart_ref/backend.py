@@ -1,0 +1,104 @@
+"""The one protocol every backend implements; the worker and the kit speak only this."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task to schedule. ``id`` is the idempotency key; ``delay`` counts on the DB clock."""
+
+    id: str
+    name: str
+    payload: Any = None
+    delay: float = 0.0
+    run_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedTask:
+    """A task this worker holds until ``lease_expires_at`` (DB time) under ``token``."""
+
+    id: str
+    name: str
+    payload: Any
+    token: str
+    attempt: int
+    claimed_at: datetime
+    lease_expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """What a write must present to be accepted: the task and the token of its claim."""
+
+    task_id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRecord:
+    """A task's stored state, as ``status`` reports it."""
+
+    id: str
+    name: str
+    status: str
+    payload: Any
+    attempts: int
+    run_at: datetime
+    result: Any = None
+    error: str | None = None
+    locked_by: str | None = None
+    lease_expires_at: datetime | None = None
+    created_at: datetime | None = None
+    finished_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Storage for tasks. Every write after a claim is fenced by the claim's token.
+
+    Times passed back are the database's clock; the worker never compares them with its own.
+    Writes that present a stale token change nothing and raise ``LeaseLost``.
+    """
+
+    async def migrate(self) -> None:
+        """Create the schema if absent; safe to run again and concurrently."""
+
+    async def now(self) -> datetime:
+        """The database clock."""
+
+    async def schedule(self, tasks: Sequence[NewTask]) -> list[bool]:
+        """Insert tasks; an existing id is left as it is. Returns created flags in order."""
+
+    async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
+        """Atomically take at most ``limit`` due tasks, minting a fresh token for this claim."""
+
+    async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> dict[str, datetime]:
+        """Extend the leases still held; returns new expiries. Missing ids were lost."""
+
+    async def complete(self, lease: Lease, result: Any) -> datetime:
+        """Mark completed with ``result``; raises LeaseLost if the token is stale."""
+
+    async def fail(self, lease: Lease, error: str, retry_in: float | None) -> datetime:
+        """Record a failed attempt: reschedule after ``retry_in`` seconds or end failed."""
+
+    async def release(self, lease: Lease) -> datetime:
+        """Give the task back to scheduled at once, not counting this attempt."""
+
+    async def recover_orphans(self) -> list[str]:
+        """Return tasks whose lease expired (DB time) to scheduled; returns their ids."""
+
+    async def get(self, task_id: str) -> TaskRecord | None:
+        """The stored state of one task."""
+
+    async def count_by_status(self) -> dict[str, int]:
+        """How many tasks are in each status."""
+
+    async def close(self) -> None:
+        """Release every connection."""

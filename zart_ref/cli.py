@@ -1,0 +1,161 @@
+"""The ``zart`` command: migrate the schema and run a worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import fields
+from typing import Any
+
+import click
+
+from .backend import Backend
+from .config import PoolConfig, WorkerConfig
+from .errors import ConfigError, DatabaseUnavailable, ZartError
+from .importing import load_object
+from .registry import Registry
+from .urls import normalize_url
+from .worker import Worker
+
+EXIT_USAGE = 2
+
+database_url = click.option(
+    "--database-url",
+    envvar="DATABASE_URL",
+    required=True,
+    help="postgresql://, mysql:// or sqlite:///path (env DATABASE_URL).",
+)
+schema = click.option(
+    "--schema", envvar="ZART_SCHEMA", default=None, help="Schema (PG) or database (MySQL)."
+)
+backend_path = click.option(
+    "--backend",
+    "backend_factory",
+    default="zart_ref.sql:SQLBackend",
+    show_default=True,
+    help="module:callable building the backend from (url, pool=, schema=).",
+)
+
+
+def _make_backend(factory_path: str, url: str, schema: str | None, pool: PoolConfig) -> Backend:
+    factory = load_object(factory_path, what="--backend")
+    normalize_url(url)  # a bad URL fails here, with its reason, before any import of a driver
+    backend = factory(url, pool=pool, schema=schema)
+    if not isinstance(backend, Backend):
+        raise ConfigError(f"--backend {factory_path!r} returned {backend!r}, not a zart Backend")
+    return backend
+
+
+def _run(coro_factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a coroutine, turning zart's own errors into one clear line and a non-zero exit."""
+    try:
+        asyncio.run(coro_factory())
+    except ConfigError as exc:
+        click.echo(f"zart: error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    except DatabaseUnavailable as exc:
+        click.echo(f"zart: error: {exc}", err=True)
+        sys.exit(3)
+    except ZartError as exc:
+        click.echo(f"zart: error: {exc}", err=True)
+        sys.exit(1)
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Zart reference worker."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@database_url
+@schema
+@backend_path
+def migrate(database_url: str, schema: str | None, backend_factory: str) -> None:
+    """Create the zart tables if they do not exist (safe to run concurrently)."""
+
+    async def go() -> None:
+        backend = _make_backend(backend_factory, database_url, schema, PoolConfig())
+        try:
+            await backend.migrate()
+        finally:
+            await backend.close()
+        click.echo("zart: schema is up to date")
+
+    _run(go)
+
+
+def _config_options(cls: type[Any], prefix: str = "") -> Callable[[Any], Any]:
+    """One --option per dataclass field, so the CLI and the Python API cannot drift apart."""
+
+    def decorate(fn: Any) -> Any:
+        for f in reversed(fields(cls)):
+            kind = int if f.type in ("int", int) else float
+            flag = "--" + (prefix + f.name).replace("_", "-")
+            fn = click.option(
+                flag,
+                f"{prefix}{f.name}",
+                type=kind,
+                default=None,
+                help=f"{cls.__name__}.{f.name} (default {f.default}).",
+            )(fn)
+        return fn
+
+    return decorate
+
+
+def _pick(cls: type[Any], values: dict[str, Any], prefix: str = "") -> Any:
+    chosen = {
+        f.name: values[prefix + f.name] for f in fields(cls) if values[prefix + f.name] is not None
+    }
+    return cls(**chosen)
+
+
+@main.command()
+@click.option("--app", "app_path", required=True, help="module:registry holding the handlers.")
+@database_url
+@schema
+@backend_path
+@click.option("--worker-id", default=None, help="Name shown in logs (never used for ownership).")
+@click.option("--migrate/--no-migrate", "run_migrate", default=True, help="Migrate at start.")
+@_config_options(WorkerConfig)
+@_config_options(PoolConfig, prefix="pool_")
+def worker(
+    app_path: str,
+    database_url: str,
+    schema: str | None,
+    backend_factory: str,
+    worker_id: str | None,
+    run_migrate: bool,
+    **settings: Any,
+) -> None:
+    """Run a worker until SIGTERM or SIGINT, then shut down gracefully (exit 0)."""
+
+    async def go() -> None:
+        registry = load_object(app_path, what="--app")
+        if not isinstance(registry, Registry):
+            raise ConfigError(f"--app {app_path!r} is a {type(registry).__name__}, not a Registry")
+        config = _pick(WorkerConfig, settings)
+        pool = _pick(PoolConfig, settings, prefix="pool_")
+        backend = _make_backend(backend_factory, database_url, schema, pool)
+        try:
+            if run_migrate:
+                await backend.migrate()
+            zart_worker = Worker(backend, registry, config, worker_id=worker_id)
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, zart_worker.stop)
+            await zart_worker.run()
+        finally:
+            await backend.close()
+
+    _run(go)
+
+
+if __name__ == "__main__":
+    main()

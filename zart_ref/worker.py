@@ -1,0 +1,364 @@
+"""The worker: claim due tasks, run handlers, keep leases, give back what it cannot finish.
+
+Three loops share one set of running tasks: polling claims work, heartbeats renew leases
+(every lease/3) and the sweep returns expired leases to scheduled. A task's lease is watched
+with the local monotonic clock too, so a worker cut off from its database stops the handler
+once the lease must have lapsed, even when no heartbeat could tell it so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
+
+from .backend import Backend, ClaimedTask, Lease
+from .config import WorkerConfig
+from .context import RunningTask, set_current
+from .errors import DatabaseUnavailable, LeaseLost, UnknownHandler
+from .registry import Registry
+
+log = logging.getLogger("zart.worker")
+T = TypeVar("T")
+
+# Errors that mean "try again later", never "no work" and never "task failed".
+TRANSIENT: tuple[type[BaseException], ...] = (
+    DatabaseUnavailable,
+    DBAPIError,
+    OSError,
+    TimeoutError,
+)
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class _Running:
+    task: ClaimedTask
+    runner: asyncio.Task[None]
+    # Monotonic time at which the last successful claim/renew was *sent*: the lease is
+    # surely valid until this plus the lease duration, whatever the clocks say.
+    renewed_sent: float
+    finishing: bool = False
+    cancel_reason: str | None = None
+
+
+class Worker:
+    """Runs handlers from ``registry`` for tasks stored in ``backend``.
+
+    Use ``await worker.run()`` (stops on ``stop()``), or ``async with worker:`` to run it as a
+    background task of an application.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        registry: Registry,
+        config: WorkerConfig | None = None,
+        *,
+        worker_id: str | None = None,
+    ) -> None:
+        self.backend = backend
+        self.registry = registry
+        self.config = config or WorkerConfig()
+        self.worker_id = worker_id or default_worker_id()
+        self._running: dict[str, _Running] = {}
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._last_db_ok: float | None = None
+        self._main: asyncio.Task[None] | None = None
+
+    # -- public ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin a graceful shutdown: stop claiming, let running tasks finish, release the rest."""
+        if not self._stopping.is_set():
+            self.emit("worker_stopping", inflight=sorted(self._running))
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def is_healthy(self) -> bool:
+        """True when the database answered within the last lease duration."""
+        if self._last_db_ok is None:
+            return False
+        return time.monotonic() - self._last_db_ok < self.config.lease_duration
+
+    async def __aenter__(self) -> Worker:
+        self._main = asyncio.create_task(self.run(), name=f"zart-worker-{self.worker_id}")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.stop()
+        if self._main is not None:
+            await self._main
+
+    async def run(self) -> None:
+        """Work until ``stop()``; then drain within ``shutdown_timeout`` and return."""
+        self.emit("worker_started", pid=os.getpid(), config=self.config.__dict__)
+        background = [
+            asyncio.create_task(self._heartbeat_loop(), name="zart-heartbeat"),
+            asyncio.create_task(self._sweep_loop(), name="zart-sweep"),
+        ]
+        try:
+            await self._poll_loop()
+            await self._drain()
+        finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            # Only reached with tasks left if run() itself was cancelled: release them.
+            await self._cancel_all("shutdown")
+            self.emit("worker_stopped")
+
+    def emit(self, kind: str, **data: Any) -> None:
+        data["worker"] = self.worker_id
+        for listener in self.registry.listeners:
+            try:
+                listener(kind, data)
+            except Exception:
+                log.exception("zart listener failed on %s", kind)
+
+    # -- loops ----------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        cfg = self.config
+        failures = 0
+        while not self._stopping.is_set():
+            free = cfg.max_concurrent_tasks - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._wait_for(self._slot_freed, None)
+                continue
+            limit = min(free, cfg.max_tasks_per_poll)
+            sent = time.monotonic()
+            try:
+                claimed = await self.backend.claim(self.worker_id, limit, cfg.lease_duration)
+            except TRANSIENT as exc:
+                failures += 1
+                self._db_error("claim", exc)
+                await self._wait_for(self._wake, _backoff(failures, cfg.poll_interval))
+                continue
+            failures = 0
+            self._db_ok()
+            if claimed:
+                self.emit("claimed", limit=limit, tasks=[_describe(task) for task in claimed])
+            if self._stopping.is_set():
+                # stop() arrived while the claim was in flight: hand these straight back.
+                await asyncio.gather(*(self._give_back(task) for task in claimed))
+                break
+            for task in claimed:
+                self._start(task, sent)
+            if len(claimed) < limit:
+                self._wake.clear()
+                await self._wait_for(self._wake, cfg.poll_interval)
+
+    async def _heartbeat_loop(self) -> None:
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.heartbeat_every)
+            self._expire_local_leases()
+            held = {tid: r.task.token for tid, r in self._running.items()}
+            if not held:
+                continue
+            sent = time.monotonic()
+            leases = [Lease(tid, token) for tid, token in held.items()]
+            try:
+                renewed = await self.backend.renew(leases, cfg.lease_duration)
+            except TRANSIENT as exc:
+                self._db_error("renew", exc)
+                continue
+            self._db_ok()
+            self.emit("renewed", leases={tid: _iso(at) for tid, at in renewed.items()})
+            for tid, token in held.items():
+                running = self._running.get(tid)
+                if running is None or running.task.token != token:
+                    continue
+                if tid in renewed:
+                    running.renewed_sent = sent
+                else:
+                    self._lease_lost(running, "renew")
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_every)
+            try:
+                recovered = await self.backend.recover_orphans()
+            except TRANSIENT as exc:
+                self._db_error("recover_orphans", exc)
+                continue
+            self._db_ok()
+            if recovered:
+                self.emit("orphans_recovered", tasks=sorted(recovered))
+                self._wake.set()
+
+    async def _drain(self) -> None:
+        runners = [r.runner for r in self._running.values()]
+        if runners:
+            await asyncio.wait(runners, timeout=self.config.shutdown_timeout)
+        await self._cancel_all("shutdown")
+
+    async def _cancel_all(self, reason: str) -> None:
+        """Cancel every running handler and wait until its code has stopped and been released."""
+        runners = []
+        for running in list(self._running.values()):
+            if not running.runner.done():
+                running.cancel_reason = running.cancel_reason or reason
+                running.runner.cancel()
+                runners.append(running.runner)
+        if runners:
+            await asyncio.gather(*runners, return_exceptions=True)
+
+    # -- one task -------------------------------------------------------------------------
+
+    def _start(self, task: ClaimedTask, sent: float) -> None:
+        if task.id in self._running:
+            # A backend handed us a task we already run: never run it twice here.
+            self.emit("duplicate_claim", task=task.id, token=task.token)
+            return
+        runner = asyncio.create_task(self._execute(task), name=f"zart-task-{task.id}")
+        self._running[task.id] = _Running(task, runner, sent)
+
+    async def _execute(self, task: ClaimedTask) -> None:
+        lease = Lease(task.id, task.token)
+        running = self._running[task.id]
+        set_current(RunningTask(task, self.worker_id))
+        try:
+            try:
+                handler = self.registry.get(task.name)
+                result = await handler.fn(task.payload)
+            except asyncio.CancelledError:
+                if running.cancel_reason == "shutdown":
+                    running.finishing = True
+                    await self._final_write(running, "release", lambda: self.backend.release(lease))
+                    return
+                if running.cancel_reason is None:
+                    raise  # cancelled from outside the worker; propagate.
+                return  # lease lost: nothing of ours may be written any more
+            except UnknownHandler as exc:
+                running.finishing = True
+                error = str(exc)
+                await self._final_write(
+                    running, "fail", lambda: self.backend.fail(lease, error, None)
+                )
+                return
+            except Exception as exc:
+                running.finishing = True
+                error = "".join(traceback.format_exception_only(exc)).strip()
+                retry_in = handler.retry.delay_for(task.attempt)
+                await self._final_write(
+                    running,
+                    "fail",
+                    lambda: self.backend.fail(lease, error, retry_in),
+                    retry_in=retry_in,
+                )
+                return
+            running.finishing = True
+            await self._final_write(
+                running, "complete", lambda: self.backend.complete(lease, result)
+            )
+        finally:
+            self._running.pop(task.id, None)
+            self._slot_freed.set()
+
+    async def _final_write(
+        self,
+        running: _Running,
+        operation: str,
+        write: Callable[[], Awaitable[datetime]],
+        **extra: Any,
+    ) -> None:
+        """Perform a fenced write, retrying transient errors while our lease may still hold."""
+        task = running.task
+        failures = 0
+        while True:
+            try:
+                at = await write()
+            except LeaseLost:
+                self.emit("lease_lost", task=task.id, token=task.token, operation=operation)
+                return
+            except TRANSIENT as exc:
+                failures += 1
+                self._db_error(operation, exc)
+                if self._lease_surely_expired(running):
+                    self.emit("lease_lost", task=task.id, token=task.token, operation=operation)
+                    return
+                await asyncio.sleep(_backoff(failures, self.config.heartbeat_every))
+                continue
+            self._db_ok()
+            kind = {"complete": "completed", "fail": "failed", "release": "released"}[operation]
+            self.emit(kind, task=task.id, token=task.token, at=_iso(at), **extra)
+            return
+
+    async def _give_back(self, task: ClaimedTask) -> None:
+        try:
+            at = await self.backend.release(Lease(task.id, task.token))
+        except LeaseLost:
+            return
+        except TRANSIENT as exc:
+            self._db_error("release", exc)
+            return
+        self.emit("released", task=task.id, token=task.token, at=_iso(at))
+
+    def _lease_lost(self, running: _Running, operation: str) -> None:
+        if running.finishing or running.runner.done():
+            return  # the final write is fenced on its own
+        running.cancel_reason = "lease_lost"
+        running.runner.cancel()
+        self.emit("lease_lost", task=running.task.id, token=running.task.token, operation=operation)
+
+    def _lease_surely_expired(self, running: _Running) -> bool:
+        return time.monotonic() - running.renewed_sent >= self.config.lease_duration
+
+    def _expire_local_leases(self) -> None:
+        for running in list(self._running.values()):
+            if self._lease_surely_expired(running):
+                self._lease_lost(running, "local_expiry")
+
+    # -- helpers --------------------------------------------------------------------------
+
+    async def _wait_for(self, event: asyncio.Event, seconds: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+    def _db_ok(self) -> None:
+        self._last_db_ok = time.monotonic()
+
+    def _db_error(self, operation: str, exc: BaseException) -> None:
+        log.warning("zart %s failed: %s", operation, exc)
+        self.emit("db_error", operation=operation, error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def _backoff(failures: int, cap: float) -> float:
+    return float(min(cap, 0.05 * 2 ** min(failures, 10)))
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat()
+
+
+def _describe(task: ClaimedTask) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "token": task.token,
+        "attempt": task.attempt,
+        "claimed_at": _iso(task.claimed_at),
+        "lease_expires_at": _iso(task.lease_expires_at),
+    }
