@@ -1,0 +1,104 @@
+"""The handlers the conformance workers run, and the listener that logs the worker's lifecycle.
+
+Workers load this as ``--app zart_conformance.app:registry``. The run directory comes from
+``ZART_EVENT_DIR``; durations in payloads are multiplied by ``ZART_TIME_SCALE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from zart_ref import Registry, RetryPolicy, current_task
+
+from .eventlog import EventLog
+
+registry = Registry()
+_SCALE = float(os.environ.get("ZART_TIME_SCALE", "1"))
+_log: EventLog | None = None
+
+
+def _events() -> EventLog | None:
+    global _log
+    directory = os.environ.get("ZART_EVENT_DIR")
+    if _log is None and directory:
+        name = os.environ.get("ZART_WORKER_NAME", f"worker-{os.getpid()}")
+        _log = EventLog(Path(directory) / f"{name}.{os.getpid()}.jsonl", source=name)
+    return _log
+
+
+def _lifecycle(kind: str, data: dict[str, Any]) -> None:
+    log = _events()
+    if log is not None:
+        log.write(kind, **data)
+
+
+registry.add_listener(_lifecycle)
+
+
+def _record(kind: str, **data: Any) -> None:
+    running = current_task()
+    task = running.task
+    _lifecycle(
+        kind,
+        {
+            "worker": running.worker_id,
+            "task": task.id,
+            "token": task.token,
+            "attempt": task.attempt,
+            **data,
+        },
+    )
+
+
+async def _observed(payload: dict[str, Any], body: Any) -> Any:
+    task = current_task().task
+    _record(
+        "handler_start",
+        claimed_at=task.claimed_at.isoformat(),
+        lease_expires_at=task.lease_expires_at.isoformat(),
+    )
+    try:
+        result = await body
+    except asyncio.CancelledError:
+        _record("handler_cancelled")
+        raise
+    except Exception as exc:
+        _record("handler_error", error=repr(exc))
+        raise
+    _record("handler_end")
+    return {"task": task.id, "attempt": task.attempt, "result": result}
+
+
+@registry.task("sleep", retry=RetryPolicy(max_attempts=1000, base_delay=0.1, max_delay=1.0))
+async def sleep(payload: dict[str, Any]) -> Any:
+    """Wait ``ms`` without blocking the worker: heartbeats and cancellation work meanwhile."""
+
+    async def body() -> None:
+        await asyncio.sleep(payload.get("ms", 0) / 1000 * _SCALE)
+
+    return await _observed(payload, body())
+
+
+@registry.task("block", retry=RetryPolicy(max_attempts=1000, base_delay=0.1, max_delay=1.0))
+async def block(payload: dict[str, Any]) -> Any:
+    """Stall the whole worker for ``ms`` (a CPU-bound handler or a GC pause): nothing else runs,
+    so when it returns the worker writes with whatever token it held before the stall."""
+
+    async def body() -> None:
+        time.sleep(payload.get("ms", 0) / 1000 * _SCALE)  # noqa: ASYNC251 - the stall is the point
+
+    return await _observed(payload, body())
+
+
+@registry.task("echo", retry=RetryPolicy(max_attempts=1))
+async def echo(payload: Any) -> Any:
+    """Return the payload unchanged: payload fidelity through the whole path."""
+
+    async def body() -> Any:
+        return payload
+
+    return await _observed(payload, body())

@@ -1,0 +1,223 @@
+"""Judge a recorded history after the run, in the style of Jepsen's checkers.
+
+The history is the event log (handlers, worker lifecycle, runner and faults) plus the final
+state read from the backend. Invariants are checked on every run; evidence counters prove that
+the scenario's fault or contention really happened, so a run that tested nothing fails.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .eventlog import History
+
+# Every counter a scenario may put a bound on, and what it counts.
+COUNTERS: dict[str, str] = {
+    "tasks": "tasks scheduled by the workload",
+    "completed": "tasks whose final stored status is completed",
+    "claims": "claims that returned at least one task",
+    "max_claim_size": "most tasks returned by one claim",
+    "workers_with_work": "worker processes that started at least one handler",
+    "handler_starts": "handler invocations",
+    "reexecuted": "tasks whose handler started more than once",
+    "lease_lost": "times a worker learned it lost a lease",
+    "fenced_writes": "complete/fail/release writes rejected for a stale token",
+    "handlers_stopped": "handlers cancelled because their lease was lost",
+    "released": "tasks given back to scheduled by a worker",
+    "orphans_recovered": "expired leases returned to scheduled by a sweep",
+    "killed_in_flight": "handlers running in a worker when it was killed",
+    "paused_in_flight": "handlers running in a worker when it was paused (SIGSTOP)",
+    "reclaimed_after_expiry": (
+        "tasks of a killed/paused worker claimed again after its lease expired"
+    ),
+    "db_errors": "database errors a worker reported and retried",
+    "faults_fired": "faults the runner injected",
+}
+
+
+@dataclass
+class Verdict:
+    violations: list[str] = field(default_factory=list)
+    evidence: dict[str, int] = field(default_factory=dict)
+    unmet: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and not self.unmet
+
+
+@dataclass
+class _Ownership:
+    task: str
+    token: str
+    worker: str
+    start: datetime
+    lease_end: datetime
+    finished: datetime | None = None
+    outcome: str | None = None
+
+    @property
+    def end(self) -> datetime:
+        return min(self.lease_end, self.finished) if self.finished else self.lease_end
+
+
+def _ts(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def check(
+    history: History,
+    *,
+    expected: dict[str, str],
+    final: dict[str, str | None],
+    faults: list[str],
+    expect_min: dict[str, int] | None = None,
+    expect_max: dict[str, int] | None = None,
+) -> Verdict:
+    """``expected`` maps each scheduled task to the status it must end in; ``faults`` lists the
+    ids of the faults the scenario declares (each must have fired)."""
+    verdict = Verdict()
+    ev = Counter[str]({name: 0 for name in COUNTERS})
+    v = verdict.violations
+
+    # -- claims and ownership -----------------------------------------------------------
+    owners: dict[tuple[str, str], _Ownership] = {}
+    latest: dict[tuple[str, str], str] = {}  # (worker, task) -> token it holds
+    for event in history.of("claimed"):
+        size = len(event["tasks"])
+        ev["claims"] += 1
+        ev["max_claim_size"] = max(ev["max_claim_size"], size)
+        if size > event["limit"]:
+            v.append(
+                f"claim by {event['src']} returned {size} tasks but asked for at most "
+                f"{event['limit']}"
+            )
+        for item in event["tasks"]:
+            key = (item["id"], item["token"])
+            owners[key] = _Ownership(
+                item["id"],
+                item["token"],
+                event["src"],
+                _ts(item["claimed_at"]),
+                _ts(item["lease_expires_at"]),
+            )
+            latest[(event["src"], item["id"])] = item["token"]
+    for event in history.of("renewed"):
+        for task, expiry in event["leases"].items():
+            token = latest.get((event["src"], task))
+            if token and (task, token) in owners:
+                own = owners[(task, token)]
+                own.lease_end = max(own.lease_end, _ts(expiry))
+    completions: Counter[str] = Counter()
+    for event in history.of("completed", "failed", "released"):
+        own = owners.get((event["task"], event["token"]))
+        if own is not None:
+            own.finished = _ts(event["at"])
+            own.outcome = event["kind"]
+        if event["kind"] == "completed":
+            completions[event["task"]] += 1
+        if event["kind"] == "released":
+            ev["released"] += 1
+
+    by_task: dict[str, list[_Ownership]] = defaultdict(list)
+    for own in owners.values():
+        by_task[own.task].append(own)
+    for task, spans in by_task.items():
+        spans.sort(key=lambda o: o.start)
+        for index, after in enumerate(spans[1:], start=1):
+            # Compare with the earlier owner whose lease reaches furthest.
+            before = max(spans[:index], key=lambda o: o.end)
+            if any(o.outcome == "completed" for o in spans[:index]):
+                v.append(
+                    f"task {task!r} was claimed again by {after.worker} at "
+                    f"{after.start.isoformat()} after {before.worker} completed it"
+                )
+            elif after.start < before.end:
+                v.append(
+                    f"task {task!r}: {after.worker} claimed it at {after.start.isoformat()} "
+                    f"while {before.worker} held a valid lease until {before.end.isoformat()} "
+                    f"(overlapping owners; tokens {before.token[:8]} and {after.token[:8]})"
+                )
+
+    # -- outcomes ------------------------------------------------------------------------
+    for task, count in sorted(completions.items()):
+        if count > 1:
+            v.append(f"task {task!r} was completed {count} times (duplicate completion)")
+    for task, status in sorted(expected.items()):
+        got = final.get(task)
+        if got != status:
+            state = "is missing" if got is None else f"ended {got!r}"
+            v.append(f"task {task!r} {state}, expected {status!r} (lost)")
+    known = set(expected)
+    seen = {e["task"] for e in history.of("handler_start", "completed")}
+    for task in sorted(seen - known):
+        v.append(f"task {task!r} was run but never scheduled (unexpected)")
+
+    # -- evidence ------------------------------------------------------------------------
+    starts = list(history.of("handler_start"))
+    ev["tasks"] = len(expected)
+    ev["completed"] = sum(1 for s in final.values() if s == "completed")
+    ev["handler_starts"] = len(starts)
+    ev["workers_with_work"] = len({e["src"] for e in starts})
+    per_task = Counter(e["task"] for e in starts)
+    ev["reexecuted"] = sum(1 for n in per_task.values() if n > 1)
+    lost_events = list(history.of("lease_lost"))
+    ev["lease_lost"] = len(lost_events)
+    ev["fenced_writes"] = sum(
+        1 for e in lost_events if e.get("operation") in ("complete", "fail", "release")
+    )
+    lost_tokens = {(e["task"], e["token"]) for e in lost_events}
+    ev["handlers_stopped"] = sum(
+        1 for e in history.of("handler_cancelled") if (e["task"], e["token"]) in lost_tokens
+    )
+    ev["orphans_recovered"] = sum(len(e["tasks"]) for e in history.of("orphans_recovered"))
+    ev["db_errors"] = sum(1 for _ in history.of("db_error"))
+
+    fired = {e["fault"]: e for e in history.of("fault")}
+    ev["faults_fired"] = len(fired)
+    for fault in faults:
+        if fault not in fired:
+            v.append(f"fault {fault!r} never fired, so the run tested nothing of it")
+    for event in fired.values():
+        counter = {"kill": "killed_in_flight", "stop": "paused_in_flight"}.get(event["action"])
+        if counter is None:
+            continue
+        held = _in_flight(history, event["target"], event["t"])
+        ev[counter] += len(held)
+        for task, token in held:
+            own = owners.get((task, token))
+            if own is None:
+                continue
+            later = [o for o in by_task[task] if o.token != token and o.start >= own.start]
+            if any(o.start >= own.lease_end for o in later):
+                ev["reclaimed_after_expiry"] += 1
+
+    verdict.evidence = dict(ev)
+    for name, bound in (expect_min or {}).items():
+        if ev[name] < bound:
+            verdict.unmet.append(
+                f"evidence {name} = {ev[name]}, expected >= {bound} ({COUNTERS[name]})"
+            )
+    for name, bound in (expect_max or {}).items():
+        if ev[name] > bound:
+            verdict.unmet.append(
+                f"evidence {name} = {ev[name]}, expected <= {bound} ({COUNTERS[name]})"
+            )
+    return verdict
+
+
+def _in_flight(history: History, worker: str, until: float) -> list[tuple[str, str]]:
+    """(task, token) pairs whose handler had started and not ended in ``worker`` at ``until``."""
+    running: dict[tuple[str, str], Any] = {}
+    for event in history.events:
+        if event["t"] > until or event["src"] != worker:
+            continue
+        key = (event.get("task"), event.get("token"))
+        if event["kind"] == "handler_start":
+            running[key] = event
+        elif event["kind"] in ("handler_end", "handler_cancelled", "handler_error"):
+            running.pop(key, None)
+    return [(str(task), str(token)) for task, token in running]

@@ -1,0 +1,267 @@
+"""Scenarios are data: a TOML file per scenario, validated on load.
+
+A scenario names its contract clauses, the capabilities it needs, a workload, the workers, a
+fault schedule and the evidence it expects. ``[sequential]`` holds overrides for backends that
+cannot run two worker processes at once (SQLite): the same fault, one process at a time.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from zart_ref.config import WorkerConfig
+from zart_ref.errors import ConfigError
+
+from .app import registry as app_registry
+from .checker import COUNTERS
+from .schema import DataError, Table, load_toml
+
+CAPABILITIES = {
+    "concurrent_workers": "several worker processes may run against one database at once",
+    "listen_notify": "the database can wake workers on new work (PostgreSQL LISTEN/NOTIFY)",
+    "advisory_locks": "the database has advisory locks (used to serialize migrations)",
+    "network_faults": "worker connections can be routed through toxiproxy",
+}
+ACTIONS = {
+    "kill": "SIGKILL the target worker",
+    "stop": "SIGSTOP the target worker (a pause: it keeps its sockets and its stale leases)",
+    "cont": "SIGCONT the target worker",
+    "term": "SIGTERM the target worker (graceful shutdown)",
+    "start": "start a new worker process under the target's name",
+}
+TRIGGER_EVENTS = {
+    "handler_start",
+    "handler_end",
+    "handler_cancelled",
+    "claimed",
+    "completed",
+    "lease_lost",
+    "released",
+    "worker_started",
+}
+_TIME_FIELDS = {f.name for f in fields(WorkerConfig)} - {
+    "max_tasks_per_poll",
+    "max_concurrent_tasks",
+}
+
+
+@dataclass(frozen=True)
+class TaskGroup:
+    count: int
+    handler: str
+    params: dict[str, Any]
+    prefix: str
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Fire ``delay`` seconds after the run starts, after another fault, or after ``count``
+    events of kind ``event`` (optionally from one worker) have been logged."""
+
+    delay: float = 0.0
+    after: str | None = None
+    event: str | None = None
+    worker: str | None = None
+    count: int = 1
+
+    def describe(self) -> str:
+        parts = []
+        if self.event:
+            parts.append(
+                f"{self.count} x {self.event}" + (f" on {self.worker}" if self.worker else "")
+            )
+        if self.after:
+            parts.append(f"after {self.after}")
+        if self.delay:
+            parts.append(f"+{self.delay:g}s")
+        return ", ".join(parts) or "at start"
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: str
+    action: str
+    target: str
+    when: Trigger
+
+
+@dataclass(frozen=True)
+class Scenario:
+    id: str
+    title: str
+    path: Path
+    clauses: list[str]
+    requires: list[str]
+    description: str
+    workload: list[TaskGroup]
+    workers: int
+    worker_config: dict[str, Any]
+    faults: list[Fault]
+    expect_min: dict[str, int]
+    expect_max: dict[str, int]
+    expect_status: str
+    timeout: float
+    settle: float
+    sequential: dict[str, Any] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def worker_names(self) -> list[str]:
+        return [f"w{i}" for i in range(self.workers)]
+
+    def for_capabilities(self, capabilities: set[str]) -> Scenario:
+        """The scenario as it runs on a backend with ``capabilities``."""
+        if "concurrent_workers" in capabilities or not self.sequential:
+            return self
+        merged = _deep_merge(self.raw, self.sequential)
+        merged.pop("sequential", None)
+        return _parse(merged, self.path)
+
+    def config_for(self, scale: float) -> WorkerConfig:
+        values = {k: (v * scale if k in _TIME_FIELDS else v) for k, v in self.worker_config.items()}
+        return WorkerConfig(**values)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_scenario(path: Path) -> Scenario:
+    """Load and validate one scenario file; DataError names the file, key and expectation."""
+    return _parse(load_toml(path), path)
+
+
+def _parse(data: dict[str, Any], path: Path) -> Scenario:
+    top = Table(data, file=path)
+    scenario_id = top.str("id")
+    if scenario_id != path.stem:
+        raise top.error(
+            "id", f"is {scenario_id!r} but the file is named {path.name!r}; make them match"
+        )
+    title = top.str("title")
+    clauses = top.strings("clauses")
+    if not clauses:
+        raise top.error("clauses", "must name at least one contract clause (see docs/contract.md)")
+    requires = top.strings("requires", allowed=set(CAPABILITIES))
+    description = top.str("description", required=False, default="")
+
+    groups = []
+    for index, group in enumerate(top.tables("workload", required=True)):
+        handler = group.str("handler")
+        if handler not in app_registry:
+            raise group.error(
+                "handler", f"unknown handler {handler!r}; the kit has {app_registry.names}"
+            )
+        params = group.table("params").data
+        groups.append(
+            TaskGroup(
+                count=group.int("count", minimum=1),
+                handler=handler,
+                params=dict(params),
+                prefix=group.str("prefix", required=False, default=f"g{index}"),
+            )
+        )
+        group.done()
+    if not groups:
+        raise top.error("workload", "needs at least one [[workload]] group")
+    if len({g.prefix for g in groups}) != len(groups):
+        raise top.error("workload", "two groups share a prefix; give each a distinct 'prefix'")
+
+    workers = top.table("workers", required=True)
+    count = workers.int("count", minimum=1)
+    config_table = workers.table("config")
+    try:
+        WorkerConfig.from_mapping(config_table.data, where=f"{path}: key 'workers.config'")
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
+    workers.done()
+    names = {f"w{i}" for i in range(count)}
+
+    faults: list[Fault] = []
+    for fault in top.tables("faults"):
+        fault_id = fault.str("id")
+        if any(f.id == fault_id for f in faults):
+            raise fault.error("id", f"fault id {fault_id!r} is used twice")
+        action = fault.str("action")
+        if action not in ACTIONS:
+            raise fault.error(
+                "action", f"unknown action {action!r}; expected one of {sorted(ACTIONS)}"
+            )
+        target = fault.str("target")
+        if action == "start":
+            names.add(target)
+        elif target not in names:
+            raise fault.error("target", f"no worker named {target!r}; known: {sorted(names)}")
+        faults.append(Fault(fault_id, action, target, _trigger(fault.table("when"), faults, names)))
+        fault.done()
+
+    expect = top.table("expect")
+    expect_min = expect.counts("min", allowed=set(COUNTERS))
+    expect_max = expect.counts("max", allowed=set(COUNTERS))
+    status = expect.str("status", required=False, default="completed")
+    expect.done()
+    if faults and not expect_min:
+        raise top.error(
+            "expect.min",
+            "a scenario with faults must require evidence that they hit something "
+            f"(counters: {sorted(COUNTERS)})",
+        )
+    timeout = top.number("timeout", required=False, default=60.0, minimum=1)
+    settle = top.number("settle", required=False, default=0.5)
+    sequential = top.table("sequential").data
+    top.done()
+    return Scenario(
+        id=scenario_id,
+        title=title,
+        path=path,
+        clauses=clauses,
+        requires=requires,
+        description=description,
+        workload=groups,
+        workers=count,
+        worker_config=dict(config_table.data),
+        faults=faults,
+        expect_min=expect_min,
+        expect_max=expect_max,
+        expect_status=status,
+        timeout=timeout,
+        settle=settle,
+        sequential=dict(sequential),
+        raw=data,
+    )
+
+
+def _trigger(when: Table, earlier: list[Fault], workers: set[str]) -> Trigger:
+    after = when.str("after", required=False)
+    if after is not None and after not in {f.id for f in earlier}:
+        raise when.error("after", f"no earlier fault named {after!r}")
+    event = when.str("event", required=False)
+    if event is not None and event not in TRIGGER_EVENTS:
+        raise when.error(
+            "event", f"unknown event {event!r}; expected one of {sorted(TRIGGER_EVENTS)}"
+        )
+    worker = when.str("worker", required=False)
+    if worker is not None and worker not in workers:
+        raise when.error("worker", f"no worker named {worker!r}; known: {sorted(workers)}")
+    trigger = Trigger(
+        delay=when.number("delay", required=False, default=0.0),
+        after=after,
+        event=event,
+        worker=worker,
+        count=when.int("count", required=False, default=1, minimum=1),
+    )
+    when.done()
+    return trigger
+
+
+def load_all(directory: Path) -> list[Scenario]:
+    return [load_scenario(path) for path in sorted(directory.glob("*.toml"))]
