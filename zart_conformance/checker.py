@@ -128,14 +128,22 @@ def check(
     for task, spans in by_task.items():
         spans.sort(key=lambda o: o.start)
         for index, after in enumerate(spans[1:], start=1):
-            # Compare with the earlier owner whose lease reaches furthest.
-            before = max(spans[:index], key=lambda o: o.end)
-            if any(o.outcome == "completed" for o in spans[:index]):
+            earlier = spans[:index]
+            done = [
+                o
+                for o in earlier
+                if o.outcome == "completed" and o.finished and o.finished <= after.start
+            ]
+            if done:
                 v.append(
                     f"task {task!r} was claimed again by {after.worker} at "
-                    f"{after.start.isoformat()} after {before.worker} completed it"
+                    f"{after.start.isoformat()} after {done[0].worker} completed it at "
+                    f"{done[0].finished.isoformat() if done[0].finished else '?'}"
                 )
-            elif after.start < before.end:
+                continue
+            # Compare with the earlier owner whose lease reaches furthest.
+            before = max(earlier, key=lambda o: o.end)
+            if after.start < before.end:
                 v.append(
                     f"task {task!r}: {after.worker} claimed it at {after.start.isoformat()} "
                     f"while {before.worker} held a valid lease until {before.end.isoformat()} "

@@ -36,6 +36,9 @@ SHOWN = (
 )
 
 
+MAX_LISTED = 12
+
+
 @click.group()
 def main() -> None:
     """The Zart conformance kit."""
@@ -137,8 +140,11 @@ def print_results(results: list[ScenarioResult]) -> None:
         console.print(
             f"\n[red bold]FAILED {result.scenario}[/] on {result.backend} (seed {result.seed})"
         )
-        for line in result.violations + result.unmet:
+        problems = result.violations + result.unmet
+        for line in problems[:MAX_LISTED]:
             console.print(f"  - {line}", markup=False)
+        if len(problems) > MAX_LISTED:
+            console.print(f"  ... and {len(problems) - MAX_LISTED} more (all in result.json)")
         console.print(f"  run directory: {result.run_dir}")
         console.print(f"  replay: {result.replay}", markup=False)
 

@@ -142,8 +142,13 @@ class SQLBackend:
 
     _CLAIMED = (t.c.id, t.c.name, t.c.payload, t.c.attempts, t.c.claimed_at, t.c.lease_expires_at)
 
+    @staticmethod
+    def new_token() -> str:
+        """A fresh fencing token: one per claim, never reused, never a worker's name."""
+        return uuid.uuid4().hex
+
     async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
-        token = uuid.uuid4().hex
+        token = self.new_token()
         if self.dialect.name == "postgresql":
             # A materialized CTE locks the rows once; `IN (subselect LIMIT n SKIP LOCKED)`
             # may be re-run by the planner and return more than `limit` rows.
@@ -217,11 +222,13 @@ class SQLBackend:
         async with self.transaction() as conn:
             return {row.id: row.lease_expires_at for row in await conn.execute(stmt)}
 
+    @staticmethod
+    def encode_result(lease: Lease, result: Any) -> str:
+        return payloads.encode(result, what=f"result of task {lease.task_id!r}")
+
     async def complete(self, lease: Lease, result: Any) -> datetime:
-        encoded = payloads.encode(result, what=f"result of task {lease.task_id!r}")
-        return await self._fenced_update(
-            lease, "complete", {**self._finish(COMPLETED), "result": encoded, "error": None}
-        )
+        values = {**self._finish(COMPLETED), "result": self.encode_result(lease, result)}
+        return await self._fenced_update(lease, "complete", values)
 
     async def fail(self, lease: Lease, error: str, retry_in: float | None) -> datetime:
         if retry_in is None:

@@ -1,0 +1,62 @@
+"""Deliberately broken backends: each breaks one clause of the contract.
+
+The kit must catch every one of them (tests/test_mutants.py proves it); a kit that passes a
+mutant tests nothing. Each is the reference backend with one method done the way real job
+queues shipped it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sqlalchemy import update
+
+from zart_ref.backend import ClaimedTask, Lease
+from zart_ref.schema import COMPLETED, tasks
+from zart_ref.sql import SQLBackend
+
+t = tasks
+
+
+class NonAtomicClaim(SQLBackend):
+    """Breaks C1: reads due rows, then marks them running in a second statement, unlocked.
+
+    Two workers that read at the same time both take the same tasks.
+    """
+
+    async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
+        token = self.new_token()
+        async with self.transaction() as conn:
+            ids = list((await conn.execute(self._due(limit))).scalars())
+            await asyncio.sleep(0.01)  # the window every check-then-act race has
+            if not ids:
+                return []
+            stmt = (
+                update(t)
+                .where(t.c.id.in_(ids))
+                .values(self._claim_values(worker_id, token, lease_seconds))
+                .returning(*self._CLAIMED)
+            )
+            rows = (await conn.execute(stmt)).all()
+        return [self._claimed(row, token) for row in rows]
+
+
+class TokenlessComplete(SQLBackend):
+    """Breaks C2: completion trusts the caller and ignores the lock token.
+
+    A worker that lost its lease (paused, partitioned) completes a task another worker now owns.
+    """
+
+    async def complete(self, lease: Lease, result: Any) -> Any:
+        values = {**self._finish(COMPLETED), "result": self.encode_result(lease, result)}
+        stmt = update(t).where(t.c.id == lease.task_id).values(values).returning(t.c.updated_at)
+        async with self.transaction() as conn:
+            return (await conn.execute(stmt)).scalar_one()
+
+
+MUTANTS = {
+    "NonAtomicClaim": "C1 atomic claim",
+    "TokenlessComplete": "C2 fencing token",
+}
+__all__ = ["MUTANTS", "NonAtomicClaim", "TokenlessComplete"]
