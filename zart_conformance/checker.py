@@ -86,7 +86,15 @@ def check(
     # -- claims and ownership -----------------------------------------------------------
     owners: dict[tuple[str, str], _Ownership] = {}
     latest: dict[tuple[str, str], str] = {}  # (worker, task) -> token it holds
-    for event in history.of("claimed"):
+    # In log order: a renewal extends the token its worker held then, not a later one.
+    for event in history.of("claimed", "renewed"):
+        if event["kind"] == "renewed":
+            for task, expiry in event["leases"].items():
+                token = latest.get((event["src"], task))
+                if token and (task, token) in owners:
+                    own = owners[(task, token)]
+                    own.lease_end = max(own.lease_end, _ts(expiry))
+            continue
         size = len(event["tasks"])
         ev["claims"] += 1
         ev["max_claim_size"] = max(ev["max_claim_size"], size)
@@ -105,12 +113,6 @@ def check(
                 _ts(item["lease_expires_at"]),
             )
             latest[(event["src"], item["id"])] = item["token"]
-    for event in history.of("renewed"):
-        for task, expiry in event["leases"].items():
-            token = latest.get((event["src"], task))
-            if token and (task, token) in owners:
-                own = owners[(task, token)]
-                own.lease_end = max(own.lease_end, _ts(expiry))
     completions: Counter[str] = Counter()
     for event in history.of("completed", "failed", "released"):
         own = owners.get((event["task"], event["token"]))

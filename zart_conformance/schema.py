@@ -61,7 +61,8 @@ class Table:
 
     def str(self, key: str, *, required: bool = True, default: str | None = None) -> Any:
         value = self._get(key, required, default)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
+        # Only a value from the file is checked: a default such as "" is the caller's choice.
+        if key in self.data and (not isinstance(value, str) or not value.strip()):
             self.fail(self._name(key), "a non-empty string", value)
         return value
 

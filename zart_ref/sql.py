@@ -93,7 +93,7 @@ class SQLBackend:
 
     def _run_at(self, task: NewTask) -> ColumnElement[datetime] | datetime:
         if task.run_at is not None:
-            return task.run_at
+            return payloads.require_aware(task.run_at, what=f"run_at of task {task.id!r}")
         return self.dialect.now_plus(task.delay) if task.delay else self.dialect.now()
 
     async def schedule(self, new: Sequence[NewTask]) -> list[bool]:
@@ -297,4 +297,4 @@ class SQLBackend:
     async def count_by_status(self) -> dict[str, int]:
         stmt = select(t.c.status, func.count()).group_by(t.c.status)
         async with self.transaction() as conn:
-            return {status: count for status, count in (await conn.execute(stmt)).tuples()}
+            return {status: count for status, count in (await conn.execute(stmt)).all()}

@@ -1,0 +1,184 @@
+"""The backend contract against real SQLite files and a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tests.conftest import SCALE, eventually
+from zart_conformance.provision import Target
+from zart_ref import Lease, LeaseLost, NewTask, PayloadError, SQLBackend
+
+
+async def wait_for_db_time(backend: SQLBackend, moment: datetime) -> None:
+    """Let the database clock pass ``moment`` (a lease expiry)."""
+
+    async def passed() -> bool:
+        return await backend.now() > moment
+
+    await eventually(passed)
+
+
+async def test_migrate_is_idempotent(backend: SQLBackend) -> None:
+    await backend.migrate()
+    await backend.migrate()
+    assert await backend.count_by_status() == {}
+
+
+async def test_concurrent_migrations_are_safe(postgres_url: str) -> None:
+    schema = f"zart_test_{uuid.uuid4().hex[:10]}"
+    backends = [SQLBackend(postgres_url, schema=schema) for _ in range(4)]
+    try:
+        await asyncio.gather(*(b.migrate() for b in backends))
+        assert await backends[0].schedule([NewTask("a", "noop")]) == [True]
+    finally:
+        for b in backends:
+            await b.close()
+        await Target(postgres_url, schema, "postgresql").drop()
+
+
+async def test_scheduling_an_existing_id_keeps_the_original(backend: SQLBackend) -> None:
+    assert await backend.schedule([NewTask("a", "noop", {"v": 1}), NewTask("b", "noop")]) == [
+        True,
+        True,
+    ]
+    assert await backend.schedule([NewTask("a", "noop", {"v": 2}), NewTask("c", "noop")]) == [
+        False,
+        True,
+    ]
+    record = await backend.get("a")
+    assert record is not None and record.payload == {"v": 1}
+
+
+async def test_claims_are_disjoint_and_bounded_under_concurrency(backend: SQLBackend) -> None:
+    await backend.schedule([NewTask(f"t{i:03d}", "noop") for i in range(60)])
+    claimers = [SQLBackend(backend.url, schema=backend.schema) for _ in range(6)]
+    try:
+        batches = await asyncio.gather(*(c.claim(f"w{i}", 7, 30) for i, c in enumerate(claimers)))
+        batches += await asyncio.gather(*(c.claim(f"w{i}", 7, 30) for i, c in enumerate(claimers)))
+    finally:
+        for c in claimers:
+            await c.close()
+    ids = [task.id for batch in batches for task in batch]
+    assert all(len(batch) <= 7 for batch in batches)
+    assert len(ids) == len(set(ids)) == 60
+    # One fresh token per claim, never shared between claims.
+    tokens = {task.token for batch in batches for task in batch}
+    assert len(tokens) == sum(1 for batch in batches if batch)
+
+
+async def test_leases_are_computed_with_the_database_clock(backend: SQLBackend) -> None:
+    await backend.schedule([NewTask("a", "noop")])
+    before = await backend.now()
+    (task,) = await backend.claim("w", 1, 42.5)
+    after = await backend.now()
+    assert task.lease_expires_at - task.claimed_at == timedelta(seconds=42.5)
+    assert before <= task.claimed_at <= after
+    assert task.claimed_at.tzinfo is not None
+    assert task.claimed_at.utcoffset() == timedelta(0)
+
+
+async def test_delayed_tasks_are_not_due_before_their_time(backend: SQLBackend) -> None:
+    await backend.schedule([NewTask("later", "noop", delay=3600), NewTask("now", "noop")])
+    claimed = await backend.claim("w", 10, 30)
+    assert [t.id for t in claimed] == ["now"]
+
+
+async def test_every_write_with_a_stale_token_is_fenced(backend: SQLBackend) -> None:
+    await backend.schedule([NewTask("a", "noop")])
+    (old,) = await backend.claim("w-old", 1, 0.3 * SCALE)
+    assert await backend.recover_orphans() == []  # not expired yet: never reclaimed early
+    await wait_for_db_time(backend, old.lease_expires_at)
+    assert await backend.recover_orphans() == ["a"]
+    (new,) = await backend.claim("w-new", 1, 30)
+    assert new.token != old.token and new.attempt == 2
+    stale = Lease("a", old.token)
+    assert await backend.renew([stale], 30) == {}
+    for write in (
+        backend.complete(stale, 1),
+        backend.fail(stale, "x", None),
+        backend.fail(stale, "x", 1.0),
+        backend.release(stale),
+    ):
+        with pytest.raises(LeaseLost):
+            await write
+    record = await backend.get("a")
+    assert record is not None and record.status == "running" and record.locked_by == "w-new"
+    assert set(await backend.renew([Lease("a", new.token)], 30)) == {"a"}
+    await backend.complete(Lease("a", new.token), {"ok": True})
+    with pytest.raises(LeaseLost):
+        await backend.complete(Lease("a", new.token), {"ok": True})
+
+
+async def test_release_returns_the_task_without_counting_the_attempt(backend: SQLBackend) -> None:
+    await backend.schedule([NewTask("a", "noop")])
+    (task,) = await backend.claim("w", 1, 30)
+    await backend.release(Lease("a", task.token))
+    record = await backend.get("a")
+    assert record is not None and (record.status, record.attempts) == ("scheduled", 0)
+    (again,) = await backend.claim("w", 1, 30)
+    assert again.attempt == 1
+
+
+async def test_fail_retries_on_the_database_clock_then_ends_failed(backend: SQLBackend) -> None:
+    await backend.schedule([NewTask("a", "noop")])
+    (task,) = await backend.claim("w", 1, 30)
+    await backend.fail(Lease("a", task.token), "boom 1", 3600)
+    record = await backend.get("a")
+    assert record is not None and record.status == "scheduled" and record.error == "boom 1"
+    assert record.run_at - await backend.now() > timedelta(seconds=3500)
+    assert await backend.claim("w", 1, 30) == []
+
+
+async def test_payloads_and_results_round_trip_exactly(backend: SQLBackend) -> None:
+    payload = {"big": 2**63 + 7, "neg": -(2**70), "text": "naïve 🦄 𝄞", "nested": {"l": [1, [2]]}}
+    await backend.schedule([NewTask("a", "echo", payload)])
+    (task,) = await backend.claim("w", 1, 30)
+    assert task.payload == payload
+    await backend.complete(Lease("a", task.token), {"echo": payload})
+    record = await backend.get("a")
+    assert record is not None and record.result == {"echo": payload}
+
+
+@pytest.mark.parametrize(
+    ("payload", "fragment"),
+    [
+        ({"x": float("nan")}, "NaN"),
+        ({"x": "a\x00b"}, "NUL"),
+        ({"x": datetime(2026, 1, 1)}, "naive datetime"),
+    ],
+)
+async def test_unstorable_payloads_are_rejected_at_schedule_time(
+    backend: SQLBackend, payload: object, fragment: str
+) -> None:
+    with pytest.raises(PayloadError, match=fragment) as info:
+        await backend.schedule([NewTask("bad-task", "noop", payload)])
+    assert "bad-task" in str(info.value)
+    assert await backend.get("bad-task") is None
+
+
+async def test_naive_run_at_is_rejected(backend: SQLBackend) -> None:
+    with pytest.raises(PayloadError, match="naive datetime"):
+        await backend.schedule([NewTask("a", "noop", run_at=datetime(2030, 1, 1))])
+    await backend.schedule([NewTask("b", "noop", run_at=datetime(2030, 1, 1, tzinfo=UTC))])
+    record = await backend.get("b")
+    assert record is not None and record.run_at == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+async def test_schemas_isolate_tasks(postgres_url: str) -> None:
+    schemas = [f"zart_test_{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    one, two = (SQLBackend(postgres_url, schema=s) for s in schemas)
+    try:
+        for b in (one, two):
+            await b.migrate()
+        await one.schedule([NewTask("only-in-one", "noop")])
+        assert await two.get("only-in-one") is None
+        assert await one.count_by_status() == {"scheduled": 1}
+    finally:
+        for b in (one, two):
+            await b.close()
+        for s in schemas:
+            await Target(postgres_url, s, "postgresql").drop()

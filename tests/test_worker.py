@@ -1,0 +1,231 @@
+"""Worker logic against the in-memory backend: fast, no database, real asyncio timing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.conftest import SCALE
+from zart_ref import (
+    ConfigError,
+    DatabaseUnavailable,
+    NewTask,
+    PoolConfig,
+    Registry,
+    RetryPolicy,
+    Worker,
+    WorkerConfig,
+)
+from zart_ref.memory import InMemoryBackend
+
+FAST = WorkerConfig(
+    poll_interval=0.05 * SCALE,
+    max_tasks_per_poll=3,
+    max_concurrent_tasks=4,
+    shutdown_timeout=0.3 * SCALE,
+    lease_duration=0.6 * SCALE,
+)
+
+
+class Recorder:
+    """Collects the worker's lifecycle events, and lets a test wait for one."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self._changed = asyncio.Event()
+        registry.add_listener(self._on)
+
+    def _on(self, kind: str, data: dict[str, Any]) -> None:
+        self.events.append((kind, data))
+        self._changed.set()
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [data for k, data in self.events if k == kind]
+
+    async def wait(self, predicate: Callable[[], bool], seconds: float = 10.0) -> None:
+        async with asyncio.timeout(seconds * SCALE):
+            while not predicate():
+                self._changed.clear()
+                await self._changed.wait()
+
+
+async def statuses(backend: InMemoryBackend) -> dict[str, str]:
+    return {task_id: row.record.status for task_id, row in backend.rows.items()}
+
+
+async def test_tasks_complete_with_their_results() -> None:
+    registry, backend = Registry(), InMemoryBackend()
+
+    @registry.task()
+    async def double(payload: dict[str, int]) -> int:
+        return payload["n"] * 2
+
+    recorder = Recorder(registry)
+    await backend.schedule([NewTask(f"t{i}", "double", {"n": i}) for i in range(10)])
+    async with Worker(backend, registry, FAST):
+        await recorder.wait(lambda: len(recorder.of("completed")) == 10)
+    for i in range(10):
+        record = await backend.get(f"t{i}")
+        assert record is not None and (record.status, record.result) == ("completed", i * 2)
+    assert max(len(c["tasks"]) for c in recorder.of("claimed")) <= FAST.max_tasks_per_poll
+
+
+async def test_concurrency_never_exceeds_the_limit() -> None:
+    registry, backend = Registry(), InMemoryBackend()
+    running, peak = 0, 0
+
+    @registry.task()
+    async def slow(payload: None) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05 * SCALE)
+        running -= 1
+
+    recorder = Recorder(registry)
+    await backend.schedule([NewTask(f"t{i}", "slow") for i in range(20)])
+    async with Worker(backend, registry, FAST):
+        await recorder.wait(lambda: len(recorder.of("completed")) == 20)
+    assert peak == FAST.max_concurrent_tasks
+
+
+async def test_failures_retry_then_end_failed_with_the_error_kept() -> None:
+    registry, backend = Registry(), InMemoryBackend()
+    attempts = 0
+
+    @registry.task(retry=RetryPolicy(max_attempts=3, backoff="fixed", base_delay=0.01, jitter=0))
+    async def flaky(payload: None) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ValueError(f"attempt {attempts} broke")
+
+    recorder = Recorder(registry)
+    await backend.schedule([NewTask("t", "flaky")])
+    async with Worker(backend, registry, FAST):
+        await recorder.wait(lambda: len(recorder.of("failed")) == 3)
+    record = await backend.get("t")
+    assert record is not None
+    assert (record.status, record.attempts, attempts) == ("failed", 3, 3)
+    assert record.error == "ValueError: attempt 3 broke"
+    assert [e["retry_in"] for e in recorder.of("failed")] == [0.01, 0.01, None]
+
+
+async def test_unknown_handler_fails_the_task_and_names_it() -> None:
+    registry, backend = Registry(), InMemoryBackend()
+    recorder = Recorder(registry)
+    await backend.schedule([NewTask("t", "no-such-handler")])
+    async with Worker(backend, registry, FAST):
+        await recorder.wait(lambda: bool(recorder.of("failed")))
+    record = await backend.get("t")
+    assert record is not None and record.status == "failed"
+    assert "no handler named 'no-such-handler'" in (record.error or "")
+
+
+async def test_shutdown_finishes_short_tasks_and_releases_long_ones() -> None:
+    registry, backend = Registry(), InMemoryBackend()
+    cancelled: list[str] = []
+
+    @registry.task()
+    async def nap(payload: dict[str, Any]) -> str:
+        try:
+            await asyncio.sleep(payload["s"] * SCALE)
+        except asyncio.CancelledError:
+            cancelled.append(payload["id"])
+            raise
+        return "done"
+
+    recorder = Recorder(registry)
+    await backend.schedule(
+        [
+            NewTask("short", "nap", {"s": 0.1, "id": "short"}),
+            NewTask("long", "nap", {"s": 30, "id": "long"}),
+        ]
+    )
+    worker = Worker(backend, registry, FAST)
+    runner = asyncio.create_task(worker.run())
+    await recorder.wait(lambda: worker.in_flight == 2)
+    worker.stop()
+    await runner
+    assert await statuses(backend) == {"short": "completed", "long": "scheduled"}
+    assert cancelled == ["long"]
+    long = await backend.get("long")
+    assert long is not None and long.attempts == 0  # a release is not a failed attempt
+    assert [e["task"] for e in recorder.of("released")] == ["long"]
+    assert recorder.events[-1][0] == "worker_stopped"
+
+
+async def test_a_lost_lease_stops_the_handler_and_writes_nothing() -> None:
+    registry, backend = Registry(), InMemoryBackend()
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    @registry.task()
+    async def forever(payload: None) -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        finally:
+            stopped.set()
+
+    recorder = Recorder(registry)
+    await backend.schedule([NewTask("t", "forever")])
+    async with Worker(backend, registry, FAST):
+        await started.wait()
+        backend.rows["t"].token = "stolen-by-another-claim"
+        await asyncio.wait_for(stopped.wait(), 5 * SCALE)
+        await recorder.wait(lambda: bool(recorder.of("lease_lost")))
+    assert recorder.of("lease_lost")[0]["operation"] == "renew"
+    assert (
+        not recorder.of("completed") and not recorder.of("failed") and not recorder.of("released")
+    )
+
+
+class FlakyBackend(InMemoryBackend):
+    """Fails the first claims as a database outage would."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[Any]:
+        if self.failures:
+            self.failures -= 1
+            raise DatabaseUnavailable("database down (test)")
+        return await super().claim(worker_id, limit, lease_seconds)
+
+
+async def test_database_errors_are_retried_never_read_as_no_work() -> None:
+    registry, backend = Registry(), FlakyBackend(failures=3)
+
+    @registry.task()
+    async def noop(payload: None) -> None:
+        return None
+
+    recorder = Recorder(registry)
+    await backend.schedule([NewTask("t", "noop")])
+    worker = Worker(backend, registry, FAST)
+    async with worker:
+        await recorder.wait(lambda: bool(recorder.of("completed")))
+        assert worker.is_healthy()
+    assert len(recorder.of("db_error")) == 3
+
+
+async def test_worker_is_unhealthy_before_the_database_answers() -> None:
+    worker = Worker(FlakyBackend(failures=1000), Registry(), FAST)
+    assert not worker.is_healthy()
+
+
+@pytest.mark.parametrize("field", ["poll_interval", "lease_duration", "max_concurrent_tasks"])
+def test_config_rejects_non_positive_values(field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        WorkerConfig(**{field: 0})
+
+
+def test_defaults_are_those_of_the_original_docs() -> None:
+    config, pool = WorkerConfig(), PoolConfig()
+    assert (config.poll_interval, config.max_tasks_per_poll) == (5.0, 10)
+    assert (config.max_concurrent_tasks, config.shutdown_timeout) == (16, 30.0)
+    assert config.heartbeat_every == config.lease_duration / 3
+    assert (pool.max_connections, pool.min_connections, pool.acquire_timeout) == (20, 2, 30.0)
