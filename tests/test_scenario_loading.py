@@ -118,9 +118,10 @@ def test_minimal_base_texts_are_valid(tmp_path: Path) -> None:
 def test_malformed_sequential_override_is_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, "mini.toml", MINI + "\n[sequential]\nworkers = { cuont = 1 }\n")
     with pytest.raises(DataError) as caught:
-        load_scenario(path).for_capabilities(set())
+        load_scenario(path)  # at load time, not only when a SQLite run applies the override
     assert str(path) in str(caught.value)
     assert "workers.cuont" in str(caught.value)
+    assert "[sequential]" in str(caught.value)
 
 
 NL_CLAUSES = 'clauses = ["C1"]\n'

@@ -116,9 +116,7 @@ class Scenario:
         """The scenario as it runs on a backend with ``capabilities``."""
         if "concurrent_workers" in capabilities or not self.sequential:
             return self
-        merged = _deep_merge(self.raw, self.sequential)
-        merged.pop("sequential", None)
-        return _parse(merged, self.path)
+        return _parse(_without_sequential(self.raw, self.sequential), self.path)
 
     def config_for(self, scale: float) -> WorkerConfig:
         values = {k: (v * scale if k in _TIME_FIELDS else v) for k, v in self.worker_config.items()}
@@ -132,6 +130,12 @@ def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _without_sequential(data: dict[str, Any], sequential: dict[str, Any]) -> dict[str, Any]:
+    merged = _deep_merge(data, sequential)
+    merged.pop("sequential", None)
     return merged
 
 
@@ -219,6 +223,11 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
     settle = top.number("settle", required=False, default=0.5)
     sequential = top.table("sequential").data
     top.done()
+    if sequential:
+        try:
+            _parse(_without_sequential(data, sequential), path)
+        except DataError as exc:
+            raise DataError(f"{exc} (with the [sequential] overrides applied)") from None
     return Scenario(
         id=scenario_id,
         title=title,
