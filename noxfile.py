@@ -34,7 +34,7 @@ except ModuleNotFoundError:
 
 nox.options.sessions = ["lint", "tests"]
 nox.options.reuse_existing_virtualenvs = True
-BACKENDS = ("postgres", "sqlite")
+BACKENDS = ("postgres", "mysql", "sqlite")
 
 
 @nox.session

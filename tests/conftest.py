@@ -18,7 +18,12 @@ from zart_conformance.provision import Target
 from zart_ref import SQLBackend
 
 SCALE = float(os.environ.get("ZART_TIME_SCALE", "1"))
-SERVER_ENV = {"postgres": "ZART_POSTGRES_URL"}
+SERVER_ENV = {"postgres": "ZART_POSTGRES_URL", "mysql": "ZART_MYSQL_URL"}
+EXAMPLES = {
+    "postgres": "postgresql://postgres@127.0.0.1:5432/test",
+    "mysql": "mysql://root@127.0.0.1:3306/test",
+}
+DIALECTS = {"postgres": "postgresql", "mysql": "mysql", "sqlite": "sqlite"}
 
 
 def server_url(backend: str) -> str:
@@ -51,25 +56,36 @@ def postgres_url() -> str:
     return server_url("postgres")
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str | None]:
-    """(url, schema) of an empty namespace on each backend."""
+@pytest.fixture
+def mysql_url() -> str:
+    return server_url("mysql")
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mysql"])
+async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Target]:
+    """An empty namespace on each backend (a file, a schema, a database), removed afterwards."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'zart.db'}", None
-    return server_url("postgres"), f"zart_test_{uuid.uuid4().hex[:10]}"
+        yield Target(f"sqlite:///{tmp_path / 'zart.db'}", None, "sqlite")
+        return
+    target = Target(server_url(request.param), new_namespace(), DIALECTS[request.param])
+    try:
+        yield target
+    finally:
+        await target.drop()
+
+
+def new_namespace() -> str:
+    return f"zart_test_{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture
-async def backend(db: tuple[str, str | None]) -> AsyncIterator[SQLBackend]:
-    url, schema = db
-    instance = SQLBackend(url, schema=schema)
+async def backend(db: Target) -> AsyncIterator[SQLBackend]:
+    instance = SQLBackend(db.url, schema=db.schema)
     await instance.migrate()
     try:
         yield instance
     finally:
         await instance.close()
-        if schema:
-            await Target(url, schema, "postgresql").drop()
 
 
 @pytest.fixture(autouse=True, scope="session")

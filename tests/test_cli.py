@@ -73,9 +73,9 @@ def test_database_url_comes_from_the_environment(sqlite_url: str) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 async def test_a_worker_process_runs_tasks_and_exits_zero_on_signal(
-    db: tuple[str, str | None], tmp_path: Path, signum: signal.Signals
+    db: Target, tmp_path: Path, signum: signal.Signals
 ) -> None:
-    url, schema = db
+    url, schema = db.url, db.schema
     backend = SQLBackend(url, schema=schema)
     await backend.migrate()
     await backend.schedule([NewTask(f"t{i}", "echo", {"i": i}) for i in range(5)])
@@ -101,5 +101,3 @@ async def test_a_worker_process_runs_tasks_and_exits_zero_on_signal(
             process.kill()
             await process.wait()
         await backend.close()
-        if schema:
-            await Target(url, schema, "postgresql").drop()

@@ -36,7 +36,7 @@ def explain(result: ScenarioResult) -> str:
     return f"{problems}\nrun dir: {result.run_dir}\nreplay: {result.replay}"
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "mysql"])
 @pytest.mark.parametrize("scenario_id", SCENARIOS)
 async def test_reference_backend_passes(backend: str, scenario_id: str) -> None:
     result = await run(backend, scenario_id)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.conftest import SCALE, eventually
+from tests.conftest import DIALECTS, SCALE, eventually, new_namespace, server_url
 from zart_conformance.provision import Target
 from zart_ref import Lease, LeaseLost, NewTask, PayloadError, SQLBackend
 
@@ -28,16 +27,14 @@ async def test_migrate_is_idempotent(backend: SQLBackend) -> None:
     assert await backend.count_by_status() == {}
 
 
-async def test_concurrent_migrations_are_safe(postgres_url: str) -> None:
-    schema = f"zart_test_{uuid.uuid4().hex[:10]}"
-    backends = [SQLBackend(postgres_url, schema=schema) for _ in range(4)]
+async def test_concurrent_migrations_are_safe(db: Target) -> None:
+    backends = [SQLBackend(db.url, schema=db.schema) for _ in range(4)]
     try:
         await asyncio.gather(*(b.migrate() for b in backends))
         assert await backends[0].schedule([NewTask("a", "noop")]) == [True]
     finally:
         for b in backends:
             await b.close()
-        await Target(postgres_url, schema, "postgresql").drop()
 
 
 async def test_scheduling_an_existing_id_keeps_the_original(backend: SQLBackend) -> None:
@@ -168,9 +165,10 @@ async def test_naive_run_at_is_rejected(backend: SQLBackend) -> None:
     assert record is not None and record.run_at == datetime(2030, 1, 1, tzinfo=UTC)
 
 
-async def test_schemas_isolate_tasks(postgres_url: str) -> None:
-    schemas = [f"zart_test_{uuid.uuid4().hex[:10]}" for _ in range(2)]
-    one, two = (SQLBackend(postgres_url, schema=s) for s in schemas)
+@pytest.mark.parametrize("server", ["postgres", "mysql"])
+async def test_schemas_isolate_tasks(server: str) -> None:
+    targets = [Target(server_url(server), new_namespace(), DIALECTS[server]) for _ in range(2)]
+    one, two = (SQLBackend(t.url, schema=t.schema) for t in targets)
     try:
         for b in (one, two):
             await b.migrate()
@@ -180,5 +178,5 @@ async def test_schemas_isolate_tasks(postgres_url: str) -> None:
     finally:
         for b in (one, two):
             await b.close()
-        for s in schemas:
-            await Target(postgres_url, s, "postgresql").drop()
+        for target in targets:
+            await target.drop()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import select, update
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from zart_ref.backend import ClaimedTask, Lease
 from zart_ref.schema import COMPLETED, tasks
@@ -27,19 +29,17 @@ class NonAtomicClaim(SQLBackend):
 
     async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
         token = self.new_token()
-        async with self.transaction() as conn:
+
+        async def body(conn: AsyncConnection) -> list[Row[Any]]:
             ids = list((await conn.execute(self._due(limit))).scalars())
             await asyncio.sleep(0.01)  # the window every check-then-act race has
             if not ids:
                 return []
-            stmt = (
-                update(t)
-                .where(t.c.id.in_(ids))
-                .values(self._claim_values(worker_id, token, lease_seconds))
-                .returning(*self._CLAIMED)
-            )
-            rows = (await conn.execute(stmt)).all()
-        return [self._claimed(row, token) for row in rows]
+            stmt = update(t).where(t.c.id.in_(ids))
+            stmt = stmt.values(self._claim_values(worker_id, token, lease_seconds))
+            return await self._update_returning(conn, stmt, self._CLAIMED, t.c.lock_token == token)
+
+        return [self._claimed(row, token) for row in await self.run(body)]
 
 
 class TokenlessComplete(SQLBackend):
@@ -50,9 +50,13 @@ class TokenlessComplete(SQLBackend):
 
     async def complete(self, lease: Lease, result: Any) -> Any:
         values = {**self._finish(COMPLETED), "result": self.encode_result(lease, result)}
-        stmt = update(t).where(t.c.id == lease.task_id).values(values).returning(t.c.updated_at)
-        async with self.transaction() as conn:
-            return (await conn.execute(stmt)).scalar_one()
+        stmt = update(t).where(t.c.id == lease.task_id).values(values)
+
+        async def body(conn: AsyncConnection) -> Any:
+            await conn.execute(stmt)
+            return (await conn.execute(select(self.dialect.now()))).scalar_one()
+
+        return await self.run(body)
 
 
 MUTANTS = {

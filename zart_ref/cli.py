@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -15,12 +16,14 @@ import click
 from .backend import Backend
 from .config import PoolConfig, WorkerConfig
 from .errors import ConfigError, DatabaseUnavailable, ZartError
+from .health import HealthServer
 from .importing import load_object
 from .registry import Registry
 from .urls import normalize_url
 from .worker import Worker
 
 EXIT_USAGE = 2
+log = logging.getLogger("zart.cli")
 
 database_url = click.option(
     "--database-url",
@@ -123,6 +126,14 @@ def _pick(cls: type[Any], values: dict[str, Any], prefix: str = "") -> Any:
 @backend_path
 @click.option("--worker-id", default=None, help="Name shown in logs (never used for ownership).")
 @click.option("--migrate/--no-migrate", "run_migrate", default=True, help="Migrate at start.")
+@click.option(
+    "--health-port",
+    type=int,
+    envvar="ZART_HEALTH_PORT",
+    default=None,
+    help="Serve /livez, /readyz and /metrics on this port (0: any free port).",
+)
+@click.option("--health-host", default="127.0.0.1", show_default=True, envvar="ZART_HEALTH_HOST")
 @_config_options(WorkerConfig)
 @_config_options(PoolConfig, prefix="pool_")
 def worker(
@@ -132,6 +143,8 @@ def worker(
     backend_factory: str,
     worker_id: str | None,
     run_migrate: bool,
+    health_port: int | None,
+    health_host: str,
     **settings: Any,
 ) -> None:
     """Run a worker until SIGTERM or SIGINT, then shut down gracefully (exit 0)."""
@@ -150,7 +163,13 @@ def worker(
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(signum, zart_worker.stop)
-            await zart_worker.run()
+            async with contextlib.AsyncExitStack() as stack:
+                if health_port is not None:
+                    server = HealthServer(zart_worker, host=health_host, port=health_port)
+                    await stack.enter_async_context(server)
+                    zart_worker.emit("health_listening", host=health_host, port=server.port)
+                    log.warning("zart: health endpoint on http://%s:%d", health_host, server.port)
+                await zart_worker.run()
         finally:
             await backend.close()
 

@@ -6,11 +6,15 @@ operation; adding a database means adding a Dialect, not another backend.
 
 from __future__ import annotations
 
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import ColumnElement, Interval, event, func, literal, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .config import PoolConfig
@@ -24,6 +28,8 @@ class Dialect:
     name = "generic"
     # SQLite serializes writers; it cannot run several worker processes at full speed safely.
     concurrent_workers = True
+    # MySQL and MariaDB < 11.5 have no UPDATE ... RETURNING.
+    update_returning = True
 
     def now(self) -> ColumnElement[datetime]:
         """The database clock as an aware UTC instant."""
@@ -49,8 +55,17 @@ class Dialect:
     def configure(self, engine: AsyncEngine, pool: PoolConfig) -> None:
         """Per-connection setup (pragmas, session variables)."""
 
-    async def lock_migrations(self, conn: AsyncConnection) -> None:
-        """Serialize concurrent migrations for the rest of this transaction."""
+    @asynccontextmanager
+    async def migration_lock(self, conn: AsyncConnection) -> AsyncIterator[None]:
+        """Serialize concurrent migrations while the block runs."""
+        yield
+
+    async def check_server(self, conn: AsyncConnection) -> None:
+        """Refuse a server that cannot keep the contract, with a clear reason."""
+
+    def is_conflict(self, exc: DBAPIError) -> bool:
+        """A lock conflict the whole transaction may simply be retried after."""
+        return False
 
     async def create_namespace(self, conn: AsyncConnection, schema: str) -> None:
         """Create the schema (PostgreSQL) or database (MySQL) that holds the tables."""
@@ -80,8 +95,15 @@ class PostgresDialect(Dialect):
         }
         return options
 
-    async def lock_migrations(self, conn: AsyncConnection) -> None:
+    @asynccontextmanager
+    async def migration_lock(self, conn: AsyncConnection) -> AsyncIterator[None]:
+        # Released at commit: two `zart migrate` runs never create the same table at once.
         await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('zart.migrate'))"))
+        yield
+
+    def is_conflict(self, exc: DBAPIError) -> bool:
+        # deadlock_detected, serialization_failure
+        return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
 
     async def create_namespace(self, conn: AsyncConnection, schema: str) -> None:
         quoted = conn.dialect.identifier_preparer.quote_identifier(schema)
@@ -89,6 +111,8 @@ class PostgresDialect(Dialect):
 
 
 class SQLiteDialect(Dialect):
+    """SQLite 3.35+ (RETURNING): WAL, a busy timeout and BEGIN IMMEDIATE for every transaction."""
+
     name = "sqlite"
     concurrent_workers = False
     _FORMAT = "%Y-%m-%d %H:%M:%f"
@@ -123,10 +147,80 @@ class SQLiteDialect(Dialect):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+class MySQLDialect(Dialect):
+    """MySQL 8.0.1+ and MariaDB 10.6+: the first versions with SKIP LOCKED."""
+
+    name = "mysql"
+    update_returning = False
+
+    def now(self) -> ColumnElement[datetime]:
+        return func.utc_timestamp(6, type_=UTCDateTime)
+
+    def now_plus(self, seconds: float) -> ColumnElement[datetime]:
+        micros = round(seconds * 1_000_000)
+        return func.timestampadd(text("MICROSECOND"), micros, self.now(), type_=UTCDateTime)
+
+    def engine_options(self, url: URL, pool: PoolConfig) -> dict[str, Any]:
+        options = super().engine_options(url, pool)
+        options["connect_args"] = {
+            "charset": "utf8mb4",
+            "connect_timeout": max(1, int(pool.connect_timeout)),
+            # Sessions in UTC. The isolation stays REPEATABLE READ: its gap locks make the
+            # "lock ids, then INSERT IGNORE" of scheduling report exactly what it created.
+            "init_command": "SET time_zone = '+00:00'",
+        }
+        return options
+
+    @asynccontextmanager
+    async def migration_lock(self, conn: AsyncConnection) -> AsyncIterator[None]:
+        got = (await conn.execute(text("SELECT GET_LOCK('zart.migrate', 60)"))).scalar()
+        if got != 1:
+            raise ConfigError("could not take the zart.migrate lock within 60 s")
+        try:
+            yield
+        finally:
+            await conn.execute(text("SELECT RELEASE_LOCK('zart.migrate')"))
+
+    async def check_server(self, conn: AsyncConnection) -> None:
+        version = str((await conn.execute(text("SELECT VERSION()"))).scalar())
+        problem = skip_locked_problem(version)
+        if problem:
+            raise ConfigError(problem)
+
+    def is_conflict(self, exc: DBAPIError) -> bool:
+        # 1213 deadlock, 1205 lock wait timeout
+        args: tuple[Any, ...] = getattr(exc.orig, "args", ())
+        return len(args) > 0 and args[0] in (1213, 1205)
+
+    async def create_namespace(self, conn: AsyncConnection, schema: str) -> None:
+        quoted = conn.dialect.identifier_preparer.quote_identifier(schema)
+        await conn.execute(text(f"CREATE DATABASE IF NOT EXISTS {quoted} CHARACTER SET utf8mb4"))
+
+
+def skip_locked_problem(version: str) -> str | None:
+    """Why a MySQL/MariaDB server of ``version`` cannot run zart, or None."""
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:3])
+    if "mariadb" in version.lower():
+        if numbers < (10, 6):
+            return (
+                f"MariaDB {version} has no SKIP LOCKED; zart needs MariaDB 10.6 or newer "
+                "(concurrent claims would block or double-claim)"
+            )
+        return None
+    if numbers < (8, 0, 1):
+        return (
+            f"MySQL {version} has no SKIP LOCKED; zart needs MySQL 8.0.1 or newer "
+            "(concurrent claims would block or double-claim)"
+        )
+    return None
+
+
 def dialect_for(url: URL) -> Dialect:
     name = url.get_backend_name()
     if name == "postgresql":
         return PostgresDialect()
     if name == "sqlite":
         return SQLiteDialect()
+    if name == "mysql":
+        return MySQLDialect()
     raise ConfigError(f"no zart dialect for database {name!r} yet")

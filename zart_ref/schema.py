@@ -56,6 +56,9 @@ class UTCDateTime(TypeDecorator[datetime]):
         return moment.astimezone(UTC)
 
 
+# JSON text: LONGTEXT on MySQL, whose TEXT stops at 64 KiB.
+JSONText = Text().with_variant(mysql.LONGTEXT(), "mysql")
+
 metadata = MetaData()
 
 # One row per execution. `lock_token` is the fencing token minted by each claim; `locked_by`
@@ -65,7 +68,7 @@ tasks = Table(
     metadata,
     Column("id", String(255), primary_key=True),
     Column("name", String(255), nullable=False),
-    Column("payload", Text, nullable=False),
+    Column("payload", JSONText, nullable=False),
     Column("status", String(16), nullable=False),
     Column("run_at", UTCDateTime, nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
@@ -73,8 +76,8 @@ tasks = Table(
     Column("locked_by", String(255), nullable=True),
     Column("claimed_at", UTCDateTime, nullable=True),
     Column("lease_expires_at", UTCDateTime, nullable=True),
-    Column("result", Text, nullable=True),
-    Column("error", Text, nullable=True),
+    Column("result", JSONText, nullable=True),
+    Column("error", JSONText, nullable=True),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),

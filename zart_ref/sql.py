@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, insert, select, tuple_, update
+from sqlalchemy import ColumnElement, Select, Update, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Row
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import payload as payloads
@@ -24,7 +24,9 @@ from .schema import COMPLETED, FAILED, RUNNING, SCHEDULED, metadata, tasks
 from .urls import normalize_url, redact
 
 _INSERT_CHUNK = 500
+_CONFLICT_RETRIES = 5
 t = tasks
+T = TypeVar("T")
 
 
 class SQLBackend:
@@ -50,46 +52,77 @@ class SQLBackend:
         self.engine: AsyncEngine = (
             engine.execution_options(schema_translate_map={None: schema}) if schema else engine
         )
+        self._server_checked = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self.url)!r}, schema={self.schema!r})"
 
     # -- plumbing -------------------------------------------------------------------------
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        """One short transaction; connection failures become DatabaseUnavailable."""
-        try:
-            async with self.engine.begin() as conn:
-                yield conn
-        except (OperationalError, InterfaceError, OSError, TimeoutError) as exc:
-            raise DatabaseUnavailable(f"database {redact(self.url)} unavailable: {exc}") from exc
+    async def run(self, body: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``body`` in one short transaction, bounded in time.
+
+        Lock conflicts (deadlock, serialization failure, busy) roll back and run ``body`` again;
+        lost connections and timeouts become DatabaseUnavailable with the redacted URL.
+        """
+        limit = self.pool.statement_timeout + self.pool.acquire_timeout
+        for attempt in range(1, _CONFLICT_RETRIES + 1):
+            try:
+                async with asyncio.timeout(limit):
+                    async with self.engine.begin() as conn:
+                        if not self._server_checked:
+                            await self.dialect.check_server(conn)
+                            self._server_checked = True
+                        return await body(conn)
+            except DBAPIError as exc:
+                if self.dialect.is_conflict(exc) and attempt < _CONFLICT_RETRIES:
+                    await asyncio.sleep(0.01 * attempt)
+                    continue
+                if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+                    raise self._unavailable(exc) from exc
+                raise
+            except (OSError, TimeoutError) as exc:
+                raise self._unavailable(exc) from exc
+        raise AssertionError("unreachable")
+
+    def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
+        reason = str(exc).strip() or type(exc).__name__
+        return DatabaseUnavailable(f"database {redact(self.url)} unavailable: {reason}")
+
+    async def _update_returning(
+        self,
+        conn: AsyncConnection,
+        stmt: Update,
+        columns: Sequence[ColumnElement[Any]],
+        identify: ColumnElement[bool],
+    ) -> list[Row[Any]]:
+        """UPDATE ... RETURNING, or UPDATE then SELECT the rows ``identify`` picks (MySQL)."""
+        if self.dialect.update_returning:
+            return list((await conn.execute(stmt.returning(*columns))).all())
+        await conn.execute(stmt)
+        return list((await conn.execute(select(*columns).where(identify))).all())
 
     async def migrate(self) -> None:
-        async with self.transaction() as conn:
-            await self.dialect.lock_migrations(conn)
-            if self.schema:
-                await self.dialect.create_namespace(conn, self.schema)
-            await conn.run_sync(metadata.create_all, checkfirst=True)
+        async def body(conn: AsyncConnection) -> None:
+            async with self.dialect.migration_lock(conn):
+                if self.schema:
+                    await self.dialect.create_namespace(conn, self.schema)
+                await conn.run_sync(metadata.create_all, checkfirst=True)
+
+        await self.run(body)
 
     async def now(self) -> datetime:
-        async with self.transaction() as conn:
+        async def body(conn: AsyncConnection) -> datetime:
             value = (await conn.execute(select(self.dialect.now()))).scalar_one()
-        assert isinstance(value, datetime)
-        return value
+            assert isinstance(value, datetime)
+            return value
+
+        return await self.run(body)
 
     async def close(self) -> None:
         await self._root_engine.dispose()
 
     # -- scheduling -----------------------------------------------------------------------
-
-    def _insert_ignoring_duplicates(self, rows: list[dict[str, Any]]) -> Any:
-        name = self.dialect.name
-        if name == "postgresql":
-            return pg_insert(t).values(rows).on_conflict_do_nothing(index_elements=[t.c.id])
-        if name == "sqlite":
-            return sqlite_insert(t).values(rows).on_conflict_do_nothing(index_elements=[t.c.id])
-        return insert(t).values(rows).prefix_with("IGNORE")
 
     def _run_at(self, task: NewTask) -> ColumnElement[datetime] | datetime:
         if task.run_at is not None:
@@ -110,13 +143,32 @@ class SQLBackend:
             }
             for task in new
         ]
-        created: set[str] = set()
-        async with self.transaction() as conn:
+
+        async def body(conn: AsyncConnection) -> set[str]:
+            created: set[str] = set()
             for start in range(0, len(rows), _INSERT_CHUNK):
                 chunk = rows[start : start + _INSERT_CHUNK]
-                stmt = self._insert_ignoring_duplicates(chunk).returning(t.c.id)
-                created.update((await conn.execute(stmt)).scalars())
+                created |= await self._insert_new(conn, chunk)
+            return created
+
+        created = await self.run(body)
         return [task.id in created for task in new]
+
+    async def _insert_new(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert rows whose id is new; returns the ids inserted."""
+        name = self.dialect.name
+        if name in ("postgresql", "sqlite"):
+            insert_fn = pg_insert if name == "postgresql" else sqlite_insert
+            stmt = insert_fn(t).values(rows).on_conflict_do_nothing(index_elements=[t.c.id])
+            return set((await conn.execute(stmt.returning(t.c.id))).scalars())
+        # MySQL has no INSERT ... RETURNING: lock the ids (gap locks included), then insert.
+        ids = [row["id"] for row in rows]
+        existing = select(t.c.id).where(t.c.id.in_(ids)).with_for_update()
+        present = set((await conn.execute(existing)).scalars())
+        fresh = [row for row in rows if row["id"] not in present]
+        if fresh:
+            await conn.execute(insert(t).values(fresh).prefix_with("IGNORE"))
+        return {row["id"] for row in fresh}
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -149,25 +201,29 @@ class SQLBackend:
 
     async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
         token = self.new_token()
-        if self.dialect.name == "postgresql":
-            # A materialized CTE locks the rows once; `IN (subselect LIMIT n SKIP LOCKED)`
-            # may be re-run by the planner and return more than `limit` rows.
-            picked = (self._due(limit).with_for_update(skip_locked=True).cte("picked")).prefix_with(
-                "MATERIALIZED"
-            )
-            where: ColumnElement[bool] = t.c.id == picked.c.id
-        else:
-            # SQLite: BEGIN IMMEDIATE already holds the only write lock.
-            where = t.c.id.in_(self._due(limit).scalar_subquery())
-        stmt = (
-            update(t)
-            .where(where)
-            .values(self._claim_values(worker_id, token, lease_seconds))
-            .returning(*self._CLAIMED)
-        )
-        async with self.transaction() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [self._claimed(row, token) for row in rows]
+        values = self._claim_values(worker_id, token, lease_seconds)
+
+        async def body(conn: AsyncConnection) -> list[Row[Any]]:
+            dialect = self.dialect.name
+            if dialect == "postgresql":
+                # A materialized CTE locks the rows once; `IN (subselect LIMIT n SKIP LOCKED)`
+                # may be re-run by the planner and return more than `limit` rows.
+                picked = self._due(limit).with_for_update(skip_locked=True).cte("picked")
+                where: ColumnElement[bool] = t.c.id == picked.prefix_with("MATERIALIZED").c.id
+            elif dialect == "mysql":
+                # Lock the due rows first; the UPDATE then touches exactly those.
+                locked = self._due(limit).with_for_update(skip_locked=True)
+                ids = list((await conn.execute(locked)).scalars())
+                if not ids:
+                    return []
+                where = t.c.id.in_(ids)
+            else:
+                # SQLite: BEGIN IMMEDIATE already holds the only write lock.
+                where = t.c.id.in_(self._due(limit).scalar_subquery())
+            stmt = update(t).where(where).values(values)
+            return await self._update_returning(conn, stmt, self._CLAIMED, t.c.lock_token == token)
+
+        return [self._claimed(row, token) for row in await self.run(body)]
 
     @staticmethod
     def _claimed(row: Row[Any], token: str) -> ClaimedTask:
@@ -189,12 +245,20 @@ class SQLBackend:
     async def _fenced_update(
         self, lease: Lease, operation: str, values: dict[str, Any]
     ) -> datetime:
-        stmt = update(t).where(self._held(lease)).values(values).returning(t.c.updated_at)
-        async with self.transaction() as conn:
-            stamp = (await conn.execute(stmt)).scalar_one_or_none()
+        stmt = update(t).where(self._held(lease)).values(values)
+
+        async def body(conn: AsyncConnection) -> datetime | None:
+            if self.dialect.update_returning:
+                stamp = (await conn.execute(stmt.returning(t.c.updated_at))).scalar_one_or_none()
+                return stamp if isinstance(stamp, datetime) else None
+            if (await conn.execute(stmt)).rowcount != 1:
+                return None
+            written = select(t.c.updated_at).where(t.c.id == lease.task_id)
+            return (await conn.execute(written)).scalar_one()  # type: ignore[no-any-return]
+
+        stamp = await self.run(body)
         if stamp is None:
             raise LeaseLost(lease.task_id, lease.token, operation)
-        assert isinstance(stamp, datetime)
         return stamp
 
     def _finish(self, status: str) -> dict[str, Any]:
@@ -210,17 +274,16 @@ class SQLBackend:
     async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> dict[str, datetime]:
         if not leases:
             return {}
-        stmt = (
-            update(t)
-            .where(
-                t.c.status == RUNNING,
-                tuple_(t.c.id, t.c.lock_token).in_([(x.task_id, x.token) for x in leases]),
-            )
-            .values(lease_expires_at=self.dialect.now_plus(lease_seconds))
-            .returning(t.c.id, t.c.lease_expires_at)
+        held = (t.c.status == RUNNING) & tuple_(t.c.id, t.c.lock_token).in_(
+            [(x.task_id, x.token) for x in leases]
         )
-        async with self.transaction() as conn:
-            return {row.id: row.lease_expires_at for row in await conn.execute(stmt)}
+        stmt = update(t).where(held).values(lease_expires_at=self.dialect.now_plus(lease_seconds))
+
+        async def body(conn: AsyncConnection) -> dict[str, datetime]:
+            rows = await self._update_returning(conn, stmt, (t.c.id, t.c.lease_expires_at), held)
+            return {row.id: row.lease_expires_at for row in rows}
+
+        return await self.run(body)
 
     @staticmethod
     def encode_result(lease: Lease, result: Any) -> str:
@@ -230,53 +293,49 @@ class SQLBackend:
         values = {**self._finish(COMPLETED), "result": self.encode_result(lease, result)}
         return await self._fenced_update(lease, "complete", values)
 
+    def _back_to_scheduled(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "status": SCHEDULED,
+            "lock_token": None,
+            "lease_expires_at": None,
+            "updated_at": self.dialect.now(),
+            **extra,
+        }
+
     async def fail(self, lease: Lease, error: str, retry_in: float | None) -> datetime:
         if retry_in is None:
             values = {**self._finish(FAILED), "error": error}
         else:
-            values = {
-                "status": SCHEDULED,
-                "lock_token": None,
-                "lease_expires_at": None,
-                "run_at": self.dialect.now_plus(retry_in),
-                "updated_at": self.dialect.now(),
-                "error": error,
-            }
+            values = self._back_to_scheduled(run_at=self.dialect.now_plus(retry_in), error=error)
         return await self._fenced_update(lease, "fail", values)
 
     async def release(self, lease: Lease) -> datetime:
-        return await self._fenced_update(
-            lease,
-            "release",
-            {
-                "status": SCHEDULED,
-                "lock_token": None,
-                "lease_expires_at": None,
-                "attempts": t.c.attempts - 1,
-                "updated_at": self.dialect.now(),
-            },
-        )
+        values = self._back_to_scheduled(attempts=t.c.attempts - 1)
+        return await self._fenced_update(lease, "release", values)
 
     async def recover_orphans(self) -> list[str]:
-        stmt = (
-            update(t)
-            .where(t.c.status == RUNNING, t.c.lease_expires_at < self.dialect.now())
-            .values(
-                status=SCHEDULED,
-                lock_token=None,
-                lease_expires_at=None,
-                updated_at=self.dialect.now(),
-            )
-            .returning(t.c.id)
-        )
-        async with self.transaction() as conn:
-            return list((await conn.execute(stmt)).scalars())
+        expired = (t.c.status == RUNNING) & (t.c.lease_expires_at < self.dialect.now())
+
+        async def body(conn: AsyncConnection) -> list[str]:
+            if self.dialect.update_returning:
+                stmt = update(t).where(expired).values(self._back_to_scheduled())
+                return list((await conn.execute(stmt.returning(t.c.id))).scalars())
+            locked = select(t.c.id).where(expired).with_for_update(skip_locked=True)
+            ids = list((await conn.execute(locked)).scalars())
+            if ids:
+                stmt = update(t).where(t.c.id.in_(ids)).values(self._back_to_scheduled())
+                await conn.execute(stmt)
+            return ids
+
+        return await self.run(body)
 
     # -- reading --------------------------------------------------------------------------
 
     async def get(self, task_id: str) -> TaskRecord | None:
-        async with self.transaction() as conn:
-            row = (await conn.execute(select(t).where(t.c.id == task_id))).one_or_none()
+        async def body(conn: AsyncConnection) -> Row[Any] | None:
+            return (await conn.execute(select(t).where(t.c.id == task_id))).one_or_none()
+
+        row = await self.run(body)
         if row is None:
             return None
         return TaskRecord(
@@ -296,5 +355,8 @@ class SQLBackend:
 
     async def count_by_status(self) -> dict[str, int]:
         stmt = select(t.c.status, func.count()).group_by(t.c.status)
-        async with self.transaction() as conn:
+
+        async def body(conn: AsyncConnection) -> dict[str, int]:
             return {status: count for status, count in (await conn.execute(stmt)).all()}
+
+        return await self.run(body)

@@ -27,7 +27,7 @@ from .backend import Backend, ClaimedTask, Lease
 from .config import WorkerConfig
 from .context import RunningTask, set_current
 from .errors import DatabaseUnavailable, LeaseLost, UnknownHandler
-from .registry import Registry
+from .registry import Listener, Registry
 
 log = logging.getLogger("zart.worker")
 T = TypeVar("T")
@@ -81,6 +81,7 @@ class Worker:
         self._slot_freed = asyncio.Event()
         self._last_db_ok: float | None = None
         self._main: asyncio.Task[None] | None = None
+        self._listeners: list[Listener] = list(registry.listeners)
 
     # -- public ---------------------------------------------------------------------------
 
@@ -94,6 +95,14 @@ class Worker:
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(kind, data)`` on this worker's lifecycle events (metrics, logs)."""
+        self._listeners.append(listener)
 
     def is_healthy(self) -> bool:
         """True when the database answered within the last lease duration."""
@@ -130,7 +139,7 @@ class Worker:
 
     def emit(self, kind: str, **data: Any) -> None:
         data["worker"] = self.worker_id
-        for listener in self.registry.listeners:
+        for listener in self._listeners:
             try:
                 listener(kind, data)
             except Exception:
