@@ -47,7 +47,9 @@ class Log:
         return self.add("claimed", src, t, limit=limit, tasks=items)
 
     def finish(self, src: str, t: float, task: str, kind: str = "completed", gen: str = "") -> Log:
-        return self.add(kind, src, t, task=task, token=f"{task}-{src}{gen}", at=at(t))
+        """A completed, released or failed write; a failure here is retried after 1 s."""
+        extra = {"retry_in": 1.0} if kind == "failed" else {}
+        return self.add(kind, src, t, task=task, token=f"{task}-{src}{gen}", at=at(t), **extra)
 
     def handler(self, kind: str, src: str, t: float, task: str) -> Log:
         return self.add(kind, src, t, task=task, token=f"{task}-{src}")

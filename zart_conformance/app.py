@@ -94,6 +94,36 @@ async def block(payload: dict[str, Any]) -> Any:
     return await _observed(payload, body())
 
 
+# The retry policy the retry-backoff scenario checks against (delays scale with the run).
+FLAKY_POLICY = RetryPolicy(
+    max_attempts=4, backoff="exponential", base_delay=0.3 * _SCALE, max_delay=5.0, jitter=0.1
+)
+
+
+@registry.task("flaky", retry=FLAKY_POLICY)
+async def flaky(payload: dict[str, Any]) -> Any:
+    """Fail the first ``fail_times`` attempts, then succeed."""
+
+    async def body() -> None:
+        if current_task().task.attempt <= payload.get("fail_times", 0):
+            raise RuntimeError(f"planned failure of attempt {current_task().task.attempt}")
+
+    return await _observed(payload, body())
+
+
+@registry.task("dbwork", retry=RetryPolicy(max_attempts=1000, base_delay=0.1, max_delay=1.0))
+async def dbwork(payload: dict[str, Any]) -> Any:
+    """Use the database from the handler (``queries`` reads of the clock), between short sleeps."""
+
+    async def body() -> None:
+        backend = current_task().backend
+        for _ in range(payload.get("queries", 1)):
+            await backend.now()
+            await asyncio.sleep(payload.get("ms", 0) / 1000 * _SCALE)
+
+    return await _observed(payload, body())
+
+
 @registry.task("echo", retry=RetryPolicy(max_attempts=1))
 async def echo(payload: Any) -> Any:
     """Return the payload unchanged: payload fidelity through the whole path."""

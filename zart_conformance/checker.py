@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .eventlog import History
@@ -35,6 +35,15 @@ COUNTERS: dict[str, str] = {
     ),
     "db_errors": "database errors a worker reported and retried",
     "faults_fired": "faults the runner injected",
+    "terminated_in_flight": "handlers running in a worker when it got SIGTERM",
+    "requeued_before_expiry": "released tasks claimed again before the releasing lease would end",
+    "renewals": "lease renewals (heartbeats) of single tasks",
+    "retries": "failed attempts rescheduled with a backoff",
+    "retried_on_schedule": "rescheduled attempts claimed no earlier than their backoff allowed",
+    "failed_final": "tasks whose final stored status is failed",
+    "max_db_connections": "most TCP connections one worker process held to the database",
+    "pool_overflow": "connections one worker held beyond its pool size (plus its listener)",
+    "max_clock_skew_s": "largest wall-clock offset of a worker from the runner, in seconds",
 }
 
 
@@ -62,6 +71,10 @@ class _Ownership:
     @property
     def end(self) -> datetime:
         return min(self.lease_end, self.finished) if self.finished else self.lease_end
+
+
+# Database clocks round: a retry a microsecond early is the clock, not the worker.
+_CLOCK_SLACK = timedelta(milliseconds=1)
 
 
 def _ts(text: str) -> datetime:
@@ -114,6 +127,7 @@ def check(
             )
             latest[(event["src"], item["id"])] = item["token"]
     completions: Counter[str] = Counter()
+    terminal_failures: set[str] = set()
     for event in history.of("completed", "failed", "released"):
         own = owners.get((event["task"], event["token"]))
         if own is not None:
@@ -121,6 +135,8 @@ def check(
             own.outcome = event["kind"]
         if event["kind"] == "completed":
             completions[event["task"]] += 1
+        if event["kind"] == "failed" and event.get("retry_in") is None:
+            terminal_failures.add(event["task"])
         if event["kind"] == "released":
             ev["released"] += 1
 
@@ -156,6 +172,8 @@ def check(
     for task, count in sorted(completions.items()):
         if count > 1:
             v.append(f"task {task!r} was completed {count} times (duplicate completion)")
+    for task in sorted(terminal_failures & set(completions)):
+        v.append(f"task {task!r} ended both completed and failed")
     for task, status in sorted(expected.items()):
         got = final.get(task)
         if got != status:
@@ -192,7 +210,11 @@ def check(
         if fault not in fired:
             v.append(f"fault {fault!r} never fired, so the run tested nothing of it")
     for event in fired.values():
-        counter = {"kill": "killed_in_flight", "stop": "paused_in_flight"}.get(event["action"])
+        counter = {
+            "kill": "killed_in_flight",
+            "stop": "paused_in_flight",
+            "term": "terminated_in_flight",
+        }.get(event["action"])
         if counter is None:
             continue
         held = _in_flight(history, event["target"], event["t"])
@@ -202,9 +224,12 @@ def check(
             if own is None:
                 continue
             later = [o for o in by_task[task] if o.token != token and o.start >= own.start]
-            if any(o.start >= own.lease_end for o in later):
+            if event["action"] != "term" and any(o.start >= own.lease_end for o in later):
                 ev["reclaimed_after_expiry"] += 1
 
+    _requeue_and_retries(history, by_task, ev, v)
+    _resources(history, ev)
+    ev["failed_final"] = sum(1 for s in final.values() if s == "failed")
     verdict.evidence = dict(ev)
     for name, bound in (expect_min or {}).items():
         if ev[name] < bound:
@@ -231,3 +256,52 @@ def _in_flight(history: History, worker: str, until: float) -> list[tuple[str, s
         elif event["kind"] in ("handler_end", "handler_cancelled", "handler_error"):
             running.pop(key, None)
     return [(str(task), str(token)) for task, token in running]
+
+
+def _requeue_and_retries(
+    history: History, by_task: dict[str, list[_Ownership]], ev: Counter[str], v: list[str]
+) -> None:
+    """A release hands a task on at once; a failed attempt waits its backoff, not less."""
+    for event in history.of("released", "failed"):
+        spans = by_task.get(event["task"], [])
+        mine = next((o for o in spans if o.token == event["token"]), None)
+        if mine is None:
+            continue
+        later = [o for o in spans if o.start > mine.start]
+        if not later:
+            continue
+        following = min(later, key=lambda o: o.start)
+        if event["kind"] == "released":
+            if following.start < mine.lease_end:
+                ev["requeued_before_expiry"] += 1
+            continue
+        retry_in = event.get("retry_in")
+        if retry_in is None:
+            continue
+        ev["retries"] += 1
+        earliest = _ts(event["at"]) + timedelta(seconds=retry_in)
+        if following.start + _CLOCK_SLACK >= earliest:
+            ev["retried_on_schedule"] += 1
+        else:
+            v.append(
+                f"task {event['task']!r} was retried at {following.start.isoformat()}, before "
+                f"its backoff of {retry_in:.3f}s from {event['at']} allowed"
+            )
+    ev["renewals"] = sum(len(e["leases"]) for e in history.of("renewed"))
+
+
+def _resources(history: History, ev: Counter[str]) -> None:
+    """Connections held per worker (sampled by the runner) and worker clock offsets."""
+    started = next(history.of("run_started"), None)
+    pool = started.get("pool_max") if started else None
+    listeners = {e["src"] for e in history.of("listening")}
+    for event in history.of("connections"):
+        ev["max_db_connections"] = max(ev["max_db_connections"], event["count"])
+        if pool is not None:
+            allowed = pool + (1 if event["target"] in listeners else 0)
+            ev["pool_overflow"] = max(ev["pool_overflow"], event["count"] - allowed)
+    if started is not None:
+        reference = started["wall"] - started["t"]
+        for event in history.of("worker_started"):
+            skew = abs((event["wall"] - event["t"]) - reference)
+            ev["max_clock_skew_s"] = max(ev["max_clock_skew_s"], int(skew))

@@ -17,7 +17,12 @@ from typing import Any
 
 
 class EventLog:
-    """Appends events to ``path``; each line is on disk (page cache) when ``write`` returns."""
+    """Appends events to ``path``; each line is on disk (page cache) when ``write`` returns.
+
+    ``t`` is CLOCK_MONOTONIC, shared by every process on the machine and left alone by
+    libfaketime (the kit sets DONT_FAKE_MONOTONIC), so histories of workers with skewed wall
+    clocks still merge in true order. ``wall`` is the process's own (possibly skewed) clock.
+    """
 
     def __init__(self, path: Path, *, source: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,7 +33,13 @@ class EventLog:
 
     def write(self, kind: str, **data: Any) -> None:
         self._seq += 1
-        record = {"t": time.time(), "src": self.source, "pid": os.getpid(), "seq": self._seq}
+        record = {
+            "t": time.monotonic(),
+            "wall": time.time(),
+            "src": self.source,
+            "pid": os.getpid(),
+            "seq": self._seq,
+        }
         record["kind"] = kind
         record.update(data)
         line = json.dumps(record, separators=(",", ":"), default=str) + "\n"

@@ -8,6 +8,9 @@ queues shipped it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -15,7 +18,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from zart_ref.backend import ClaimedTask, Lease
-from zart_ref.schema import COMPLETED, tasks
+from zart_ref.schema import COMPLETED, RUNNING, tasks
 from zart_ref.sql import SQLBackend
 
 t = tasks
@@ -59,8 +62,89 @@ class TokenlessComplete(SQLBackend):
         return await self.run(body)
 
 
+class OverClaim(SQLBackend):
+    """Breaks C1.3: a claim returns one row more than asked.
+
+    Stands for `UPDATE ... WHERE id IN (SELECT ... LIMIT n FOR UPDATE SKIP LOCKED)`, whose
+    subselect a planner may run again under contention, taking more than n rows.
+    """
+
+    async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
+        return await super().claim(worker_id, limit + 1, lease_seconds)
+
+
+class AppClockLeases(SQLBackend):
+    """Breaks C3: leases are computed with the worker's clock instead of the database's."""
+
+    async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
+        claimed = await super().claim(worker_id, limit, lease_seconds)
+        expiry = datetime.now(UTC) + timedelta(seconds=lease_seconds)
+        ids = [task.id for task in claimed]
+
+        async def body(conn: AsyncConnection) -> None:
+            if ids:
+                await conn.execute(update(t).where(t.c.id.in_(ids)).values(lease_expires_at=expiry))
+
+        await self.run(body)
+        return [replace(task, lease_expires_at=expiry) for task in claimed]
+
+    async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> dict[str, datetime]:
+        renewed = await super().renew(leases, lease_seconds)
+        expiry = datetime.now(UTC) + timedelta(seconds=lease_seconds)
+
+        async def body(conn: AsyncConnection) -> None:
+            if renewed:
+                stmt = update(t).where(t.c.id.in_(list(renewed))).values(lease_expires_at=expiry)
+                await conn.execute(stmt)
+
+        await self.run(body)
+        return dict.fromkeys(renewed, expiry)
+
+
+class SlowHeartbeat(SQLBackend):
+    """Breaks C4.1: only every fourth heartbeat extends the lease, as if heartbeats ran at 4/3
+    of the lease instead of a third of it. The worker believes every renewal succeeded."""
+
+    calls = 0
+
+    async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> dict[str, datetime]:
+        self.calls += 1
+        if self.calls % 4 == 0:
+            return await super().renew(leases, lease_seconds)
+
+        async def body(conn: AsyncConnection) -> dict[str, datetime]:
+            held = select(t.c.id, t.c.lease_expires_at).where(
+                t.c.status == RUNNING, t.c.lock_token.in_([x.token for x in leases])
+            )
+            return {row.id: row.lease_expires_at for row in await conn.execute(held)}
+
+        return await self.run(body)
+
+
+class NoRequeue(SQLBackend):
+    """Breaks C7.1: release reports success but writes nothing, so a task given back on
+    shutdown waits for its lease to expire and orphan recovery instead of running at once."""
+
+    async def release(self, lease: Lease) -> datetime:
+        return await self.now()
+
+
+# Each mutant and the clause it breaks; tests/test_conformance.py names the scenario that
+# must catch it.
 MUTANTS = {
     "NonAtomicClaim": "C1 atomic claim",
+    "OverClaim": "C1.3 claim size",
     "TokenlessComplete": "C2 fencing token",
+    "AppClockLeases": "C3 database clock",
+    "SlowHeartbeat": "C4.1 heartbeat at lease/3",
+    "NoRequeue": "C7 graceful shutdown requeue",
 }
-__all__ = ["MUTANTS", "NonAtomicClaim", "TokenlessComplete"]
+__all__ = [
+    "MUTANTS",
+    "AppClockLeases",
+    "NoRequeue",
+    "NonAtomicClaim",
+    "OverClaim",
+    "SlowHeartbeat",
+    "TokenlessComplete",
+]

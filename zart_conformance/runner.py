@@ -24,12 +24,13 @@ from typing import Any
 from zart_ref import Backend, NewTask, PoolConfig, WorkerConfig
 from zart_ref.importing import load_object
 from zart_ref.schema import TERMINAL
+from zart_ref.urls import normalize_url
 
 from .backends import Descriptor
 from .checker import check
 from .eventlog import EventLog, History, Tail
 from .provision import Server, isolate
-from .scenario import Fault, Scenario
+from .scenario import CAPABILITIES, Fault, Scenario
 
 TICK = 0.02
 _SIGNALS = {
@@ -71,6 +72,8 @@ class ScenarioResult:
     violations: list[str] = field(default_factory=list)
     unmet: list[str] = field(default_factory=list)
     evidence: dict[str, int] = field(default_factory=dict)
+    # The counters the scenario puts bounds on: what its evidence is.
+    checked: list[str] = field(default_factory=list)
     duration: float = 0.0
     run_dir: str = ""
     replay: str = ""
@@ -99,7 +102,50 @@ class _Proc:
     log_path: Path
     expected_exit: bool = False
     stopped: bool = False
+    terminated: bool = False
     reported: bool = False
+
+
+def db_port(url: str) -> int | None:
+    parsed = normalize_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return None
+    return parsed.port or {"postgresql": 5432, "mysql": 3306}[parsed.get_backend_name()]
+
+
+def count_connections(pid: int, port: int) -> int:
+    """ESTABLISHED TCP connections of process ``pid`` to remote ``port``, read from /proc."""
+    inodes = set()
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in descriptors:
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            remote_port = int(cols[2].rsplit(":", 1)[1], 16)
+            if cols[3] == "01" and remote_port == port and cols[9] in inodes:
+                count += 1
+    return count
+
+
+def find_libfaketime() -> str | None:
+    candidates = [os.environ.get("ZART_LIBFAKETIME", "")]
+    candidates += [str(p) for p in Path("/usr/lib").glob("*/faketime/libfaketime.so.1")]
+    candidates += ["/usr/lib/faketime/libfaketime.so.1", "/usr/local/lib/faketime/libfaketime.so.1"]
+    return next((c for c in candidates if c and Path(c).exists()), None)
 
 
 class RunError(Exception):
@@ -127,7 +173,13 @@ class _Run:
         self.fired: dict[str, float] = {}
         self.condition_met: dict[str, float] = {}
         self.config: WorkerConfig = scenario.config_for(options.scale)
+        self.pool: PoolConfig = scenario.pool_for(options.scale)
         self.notes: list[str] = []
+        self.expected: dict[str, str] = {}
+        self.db_port = (
+            db_port(self.target.url) if "client_server" in descriptor.capabilities else None
+        )
+        self.connections: dict[str, int] = {}
 
     def say(self, text: str) -> None:
         if self.options.progress:
@@ -153,10 +205,11 @@ class _Run:
         ]
         if self.target.schema:
             args += ["--schema", self.target.schema]
-        for f in fields(WorkerConfig):
-            value = getattr(self.config, f.name)
-            if value is not None:
-                args += ["--" + f.name.replace("_", "-"), str(value)]
+        for prefix, config in (("", self.config), ("pool-", self.pool)):
+            for f in fields(config):
+                value = getattr(config, f.name)
+                if value is not None:
+                    args += ["--" + prefix + f.name.replace("_", "-"), str(value)]
         return args
 
     async def start_worker(self, name: str) -> None:
@@ -169,6 +222,7 @@ class _Run:
             "ZART_WORKER_NAME": name,
             "ZART_TIME_SCALE": str(self.options.scale),
             "PYTHONUNBUFFERED": "1",
+            **self._clock_env(name),
         }
         with log_path.open("ab") as out:
             process = await asyncio.create_subprocess_exec(
@@ -180,6 +234,34 @@ class _Run:
             )
         self.procs[name] = _Proc(name, process, log_path)
         self.log.write("worker_spawned", target=name, child=process.pid)
+
+    def _clock_env(self, name: str) -> dict[str, str]:
+        """libfaketime for a worker whose wall clock the scenario sets off."""
+        offset = self.scenario.clock_offsets.get(name)
+        if offset is None:
+            return {}
+        library = find_libfaketime()
+        if library is None:
+            raise RunError(
+                f"worker {name} needs a clock offset of {offset}, which takes libfaketime: "
+                "install it (Debian: apt-get install faketime) or set ZART_LIBFAKETIME to "
+                "the path of libfaketime.so.1"
+            )
+        preload = " ".join(p for p in (os.environ.get("LD_PRELOAD", ""), library) if p)
+        # DONT_FAKE_MONOTONIC: the event log orders everything by the shared monotonic clock.
+        return {"LD_PRELOAD": preload, "FAKETIME": offset, "DONT_FAKE_MONOTONIC": "1"}
+
+    def sample_connections(self) -> None:
+        """Count each live worker's TCP connections to the database (from /proc)."""
+        if self.db_port is None:
+            return
+        for proc in self.procs.values():
+            if proc.process.returncode is not None or proc.stopped:
+                continue
+            count = count_connections(proc.process.pid, self.db_port)
+            if count != self.connections.get(proc.name):
+                self.connections[proc.name] = count
+                self.log.write("connections", target=proc.name, count=count)
 
     def _log_tail(self, proc: _Proc, lines: int = 8) -> str:
         try:
@@ -218,6 +300,7 @@ class _Run:
             else:
                 if fault.action in ("kill", "term"):
                     proc.expected_exit = True
+                proc.terminated = fault.action == "term"
                 proc.stopped = fault.action == "stop"
                 os.kill(proc.process.pid, _SIGNALS[fault.action])
         self.fired[fault.id] = time.monotonic()
@@ -232,6 +315,11 @@ class _Run:
             for group in self.scenario.workload
             for i in range(group.count)
         ]
+        self.expected = {
+            f"{group.prefix}-{i:05d}": group.expect_status
+            for group in self.scenario.workload
+            for i in range(group.count)
+        }
         self.rng.shuffle(tasks)
         return tasks
 
@@ -266,6 +354,7 @@ class _Run:
                 pending.remove(fault)
                 await self.fire(fault)
             self._check_exits()
+            self.sample_connections()
             if now - last_check >= 0.2:
                 last_check = now
                 counts = await backend.count_by_status()
@@ -349,7 +438,10 @@ async def run_scenario(
             descriptor.name,
             "not_applicable",
             options.seed,
-            reason=f"needs {', '.join(missing)}, which backend {descriptor.name!r} does not declare",
+            reason="; ".join(
+                f"needs {cap} ({CAPABILITIES[cap]}), which backend {descriptor.name!r} does not declare"
+                for cap in missing
+            ),
             replay=replay,
         )
     scenario = scenario.for_capabilities(set(descriptor.capabilities))
@@ -372,7 +464,7 @@ async def run_scenario(
     history = History.load(run.events_dir)
     verdict = check(
         history,
-        expected={task_id: scenario.expect_status for task_id in final},
+        expected=run.expected,
         final=final,
         faults=[f.id for f in scenario.faults],
         expect_min=scenario.expect_min,
@@ -387,6 +479,7 @@ async def run_scenario(
         violations=violations,
         unmet=verdict.unmet,
         evidence=verdict.evidence,
+        checked=list(dict.fromkeys([*scenario.expect_min, *scenario.expect_max])),
         duration=time.monotonic() - began,
         run_dir=str(run.run_dir),
         replay=replay,

@@ -8,11 +8,12 @@ cannot run two worker processes at once (SQLite): the same fault, one process at
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from zart_ref.config import WorkerConfig
+from zart_ref.config import PoolConfig, WorkerConfig
 from zart_ref.errors import ConfigError
 
 from .app import registry as app_registry
@@ -24,6 +25,7 @@ CAPABILITIES = {
     "listen_notify": "the database can wake workers on new work (PostgreSQL LISTEN/NOTIFY)",
     "advisory_locks": "the database has advisory locks (used to serialize migrations)",
     "network_faults": "worker connections can be routed through toxiproxy",
+    "client_server": "workers reach the database over TCP, so their connections can be counted",
 }
 ACTIONS = {
     "kill": "SIGKILL the target worker",
@@ -41,7 +43,9 @@ TRIGGER_EVENTS = {
     "lease_lost",
     "released",
     "worker_started",
+    "worker_stopped",
 }
+_POOL_TIME_FIELDS = {"acquire_timeout", "connect_timeout", "statement_timeout"}
 _TIME_FIELDS = {f.name for f in fields(WorkerConfig)} - {
     "max_tasks_per_poll",
     "max_concurrent_tasks",
@@ -54,6 +58,7 @@ class TaskGroup:
     handler: str
     params: dict[str, Any]
     prefix: str
+    expect_status: str
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ class Scenario:
     workload: list[TaskGroup]
     workers: int
     worker_config: dict[str, Any]
+    pool_config: dict[str, Any]
+    clock_offsets: dict[str, str]
     faults: list[Fault]
     expect_min: dict[str, int]
     expect_max: dict[str, int]
@@ -121,6 +128,12 @@ class Scenario:
     def config_for(self, scale: float) -> WorkerConfig:
         values = {k: (v * scale if k in _TIME_FIELDS else v) for k, v in self.worker_config.items()}
         return WorkerConfig(**values)
+
+    def pool_for(self, scale: float) -> PoolConfig:
+        values = {
+            k: (v * scale if k in _POOL_TIME_FIELDS else v) for k, v in self.pool_config.items()
+        }
+        return PoolConfig(**values)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -158,6 +171,8 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
     requires = top.strings("requires", allowed=set(CAPABILITIES))
     description = top.str("description", required=False, default="")
 
+    expect = top.table("expect")
+    status = expect.str("status", required=False, default="completed")
     groups = []
     for index, group in enumerate(top.tables("workload", required=True)):
         handler = group.str("handler")
@@ -172,6 +187,7 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
                 handler=handler,
                 params=dict(params),
                 prefix=group.str("prefix", required=False, default=f"g{index}"),
+                expect_status=_status(group, "expect_status", status),
             )
         )
         group.done()
@@ -183,10 +199,21 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
     workers = top.table("workers", required=True)
     count = workers.int("count", minimum=1)
     config_table = workers.table("config")
+    pool_table = workers.table("pool")
     try:
         WorkerConfig.from_mapping(config_table.data, where=f"{path}: key 'workers.config'")
+        _pool_from(pool_table)
     except ConfigError as exc:
         raise DataError(str(exc)) from None
+    offsets_table = workers.table("clock_offset")
+    offsets = {}
+    for name in offsets_table.data:
+        offset = offsets_table.str(name)
+        if not _OFFSET.fullmatch(offset):
+            raise offsets_table.error(
+                name, f"expected an offset like '-5m' or '+90s', got {offset!r}"
+            )
+        offsets[name] = offset
     workers.done()
     names = {f"w{i}" for i in range(count)}
 
@@ -208,10 +235,12 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         faults.append(Fault(fault_id, action, target, _trigger(fault.table("when"), faults, names)))
         fault.done()
 
-    expect = top.table("expect")
+    for name in offsets:
+        if name not in names:
+            raise offsets_table.error(name, f"no worker named {name!r}; known: {sorted(names)}")
     expect_min = expect.counts("min", allowed=set(COUNTERS))
     expect_max = expect.counts("max", allowed=set(COUNTERS))
-    status = expect.str("status", required=False, default="completed")
+    _status(expect, "status", status)
     expect.done()
     if faults and not expect_min:
         raise top.error(
@@ -238,6 +267,8 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         workload=groups,
         workers=count,
         worker_config=dict(config_table.data),
+        pool_config=dict(pool_table.data),
+        clock_offsets=offsets,
         faults=faults,
         expect_min=expect_min,
         expect_max=expect_max,
@@ -247,6 +278,25 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         sequential=dict(sequential),
         raw=data,
     )
+
+
+_OFFSET = re.compile(r"[+-]\d+(\.\d+)?[smhd]")
+_STATUSES = ("completed", "failed", "cancelled")
+
+
+def _status(table: Table, key: str, default: str) -> str:
+    value: str = table.str(key, required=False, default=default)
+    if value not in _STATUSES:
+        raise table.error(key, f"expected one of {list(_STATUSES)}, got {value!r}")
+    return value
+
+
+def _pool_from(table: Table) -> PoolConfig:
+    known = {f.name for f in fields(PoolConfig)}
+    unknown = sorted(set(table.data) - known)
+    if unknown:
+        raise table.error(unknown[0], f"unknown pool setting; expected some of {sorted(known)}")
+    return PoolConfig(**table.data)
 
 
 def _trigger(when: Table, earlier: list[Fault], workers: set[str]) -> Trigger:

@@ -5,15 +5,18 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from .backend import ClaimedTask
+from .backend import Backend, ClaimedTask
 
 _current: ContextVar[RunningTask] = ContextVar("zart_current_task")
 
 
 @dataclass(frozen=True, slots=True)
 class RunningTask:
+    """The claimed task, the worker running it, and the backend (to schedule follow-ups)."""
+
     task: ClaimedTask
     worker_id: str
+    backend: Backend
 
 
 def current_task() -> RunningTask:

@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Row
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import payload as payloads
@@ -81,7 +82,8 @@ class SQLBackend:
                 if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
                     raise self._unavailable(exc) from exc
                 raise
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, PoolTimeout) as exc:
+                # PoolTimeout: every pooled connection is busy past acquire_timeout.
                 raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")
 

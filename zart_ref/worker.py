@@ -168,7 +168,12 @@ class Worker:
             failures = 0
             self._db_ok()
             if claimed:
-                self.emit("claimed", limit=limit, tasks=[_describe(task) for task in claimed])
+                self.emit(
+                    "claimed",
+                    limit=limit,
+                    lease=cfg.lease_duration,
+                    tasks=[_describe(task) for task in claimed],
+                )
             if self._stopping.is_set():
                 # stop() arrived while the claim was in flight: hand these straight back.
                 await asyncio.gather(*(self._give_back(task) for task in claimed))
@@ -248,7 +253,7 @@ class Worker:
     async def _execute(self, task: ClaimedTask) -> None:
         lease = Lease(task.id, task.token)
         running = self._running[task.id]
-        set_current(RunningTask(task, self.worker_id))
+        set_current(RunningTask(task, self.worker_id, self.backend))
         try:
             try:
                 handler = self.registry.get(task.name)
@@ -265,7 +270,7 @@ class Worker:
                 running.finishing = True
                 error = str(exc)
                 await self._final_write(
-                    running, "fail", lambda: self.backend.fail(lease, error, None)
+                    running, "fail", lambda: self.backend.fail(lease, error, None), retry_in=None
                 )
                 return
             except Exception as exc:
