@@ -101,3 +101,30 @@ async def test_a_worker_process_runs_tasks_and_exits_zero_on_signal(
             process.kill()
             await process.wait()
         await backend.close()
+
+
+async def test_concurrent_migrate_processes_are_safe(db: Target) -> None:
+    args = [*ZART, "migrate", "--database-url", db.url]
+    if db.schema:
+        args += ["--schema", db.schema]
+    processes = [
+        await asyncio.create_subprocess_exec(*args, stderr=asyncio.subprocess.PIPE)
+        for _ in range(3)
+    ]
+    results = [await p.communicate() for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0], [err.decode() for _, err in results]
+
+
+def test_embedded_example_runs(db: Target) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "embedded.py"
+    env = {**os.environ, "DATABASE_URL": db.url, "ZART_SCHEMA": db.schema or ""}
+    result = subprocess.run(
+        [sys.executable, str(example)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:3] == ["hello, ada", "hello, grace", "hello, barbara"]

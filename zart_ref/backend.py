@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -102,3 +102,15 @@ class Backend(Protocol):
 
     async def close(self) -> None:
         """Release every connection."""
+
+
+@runtime_checkable
+class Notifier(Protocol):
+    """Optional: a backend that can wake workers when work is scheduled or released."""
+
+    async def listen(self, on_work: Callable[[], None], on_state: Callable[[str], None]) -> None:
+        """Call ``on_work()`` on every notification until cancelled.
+
+        Uses a connection of its own, outside the work pool, and subscribes again after it
+        drops; ``on_state`` gets "listening" on each (re)subscription and "lost" on each drop.
+        """

@@ -98,14 +98,15 @@ def _config_options(cls: type[Any], prefix: str = "") -> Callable[[Any], Any]:
 
     def decorate(fn: Any) -> Any:
         for f in reversed(fields(cls)):
+            name = (prefix + f.name).replace("_", "-")
+            help_text = f"{cls.__name__}.{f.name} (default {f.default})."
+            if f.type in ("bool", bool):
+                flag = f"--{name}/--no-{name}"
+                fn = click.option(flag, f"{prefix}{f.name}", default=None, help=help_text)(fn)
+                continue
             kind = int if f.type in ("int", int) else float
-            flag = "--" + (prefix + f.name).replace("_", "-")
             fn = click.option(
-                flag,
-                f"{prefix}{f.name}",
-                type=kind,
-                default=None,
-                help=f"{cls.__name__}.{f.name} (default {f.default}).",
+                f"--{name}", f"{prefix}{f.name}", type=kind, default=None, help=help_text
             )(fn)
         return fn
 

@@ -30,6 +30,9 @@ class WorkerConfig:
     heartbeat_interval: float | None = None
     # How often expired leases are returned to scheduled; None means half the lease.
     orphan_sweep_interval: float | None = None
+    # Wake on database notifications (PostgreSQL LISTEN/NOTIFY) where the backend has them;
+    # polling still runs, so pickup never waits longer than poll_interval.
+    listen: bool = True
 
     def __post_init__(self) -> None:
         _positive(self, "poll_interval", "shutdown_timeout", "lease_duration")

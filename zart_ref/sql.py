@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
@@ -151,6 +152,8 @@ class SQLBackend:
             for start in range(0, len(rows), _INSERT_CHUNK):
                 chunk = rows[start : start + _INSERT_CHUNK]
                 created |= await self._insert_new(conn, chunk)
+            if created:
+                await self._notify(conn)
             return created
 
         created = await self.run(body)
@@ -245,18 +248,22 @@ class SQLBackend:
         return (t.c.id == lease.task_id) & (t.c.lock_token == lease.token) & (t.c.status == RUNNING)
 
     async def _fenced_update(
-        self, lease: Lease, operation: str, values: dict[str, Any]
+        self, lease: Lease, operation: str, values: dict[str, Any], *, notify: bool = False
     ) -> datetime:
         stmt = update(t).where(self._held(lease)).values(values)
 
         async def body(conn: AsyncConnection) -> datetime | None:
             if self.dialect.update_returning:
                 stamp = (await conn.execute(stmt.returning(t.c.updated_at))).scalar_one_or_none()
-                return stamp if isinstance(stamp, datetime) else None
-            if (await conn.execute(stmt)).rowcount != 1:
-                return None
-            written = select(t.c.updated_at).where(t.c.id == lease.task_id)
-            return (await conn.execute(written)).scalar_one()  # type: ignore[no-any-return]
+                written = stamp if isinstance(stamp, datetime) else None
+            elif (await conn.execute(stmt)).rowcount != 1:
+                written = None
+            else:
+                query = select(t.c.updated_at).where(t.c.id == lease.task_id)
+                written = (await conn.execute(query)).scalar_one()
+            if written is not None and notify:
+                await self._notify(conn)
+            return written
 
         stamp = await self.run(body)
         if stamp is None:
@@ -313,7 +320,7 @@ class SQLBackend:
 
     async def release(self, lease: Lease) -> datetime:
         values = self._back_to_scheduled(attempts=t.c.attempts - 1)
-        return await self._fenced_update(lease, "release", values)
+        return await self._fenced_update(lease, "release", values, notify=True)
 
     async def recover_orphans(self) -> list[str]:
         expired = (t.c.status == RUNNING) & (t.c.lease_expires_at < self.dialect.now())
@@ -330,6 +337,65 @@ class SQLBackend:
             return ids
 
         return await self.run(body)
+
+    # -- notifications --------------------------------------------------------------------
+
+    @property
+    def channel(self) -> str:
+        """The NOTIFY channel of this schema: workers of other schemas are not woken."""
+        return f"zart_work_{self.schema}" if self.schema else "zart_work"
+
+    async def _notify(self, conn: AsyncConnection) -> None:
+        """Wake listening workers when this transaction commits (PostgreSQL only)."""
+        if self.dialect.name == "postgresql":
+            await conn.execute(select(func.pg_notify(self.channel, "")))
+
+    async def listen(self, on_work: Callable[[], None], on_state: Callable[[str], None]) -> None:
+        """LISTEN on a dedicated asyncpg connection outside the pool; returns at once elsewhere.
+
+        After a drop it subscribes again with backoff, and wakes the worker once per
+        subscription so nothing scheduled meanwhile waits for the next poll.
+        """
+        if self.dialect.name != "postgresql":
+            return
+        import asyncpg  # type: ignore[import-untyped]
+
+        failures = 0
+        while True:
+            try:
+                await self._listen_once(asyncpg, on_work, on_state)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                on_state(f"lost: {type(exc).__name__}: {exc}"[:300])
+                failures += 1
+                await asyncio.sleep(min(5.0, 0.05 * 2**failures))
+            else:
+                failures = 0
+
+    async def _listen_once(
+        self, asyncpg: Any, on_work: Callable[[], None], on_state: Callable[[str], None]
+    ) -> None:
+        """One subscription, until its connection drops or stops answering the keepalive."""
+        dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        conn = await asyncpg.connect(
+            dsn,
+            timeout=self.pool.connect_timeout,
+            server_settings={"application_name": f"zart-listener:{self.channel}"[:63]},
+        )
+        try:
+            dropped = asyncio.Event()
+            conn.add_termination_listener(lambda _conn: dropped.set())
+            await conn.add_listener(self.channel, lambda *_args: on_work())
+            on_state("listening")
+            on_work()
+            # A keepalive finds half-open connections that would otherwise wait forever.
+            check_every = min(5.0, self.pool.statement_timeout / 3)
+            while not dropped.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(dropped.wait(), check_every)
+                await asyncio.wait_for(conn.fetchval("SELECT 1"), self.pool.statement_timeout)
+            raise ConnectionResetError("listener connection closed")
+        finally:
+            conn.terminate()
 
     # -- reading --------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
-from .backend import Backend, ClaimedTask, Lease
+from .backend import Backend, ClaimedTask, Lease, Notifier
 from .config import WorkerConfig
 from .context import RunningTask, set_current
 from .errors import DatabaseUnavailable, LeaseLost, UnknownHandler
@@ -126,6 +126,9 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="zart-heartbeat"),
             asyncio.create_task(self._sweep_loop(), name="zart-sweep"),
         ]
+        if self.config.listen and isinstance(self.backend, Notifier):
+            listener = self.backend.listen(self._wake.set, self._listener_state)
+            background.append(asyncio.create_task(listener, name="zart-listener"))
         try:
             await self._poll_loop()
             await self._drain()
@@ -209,6 +212,12 @@ class Worker:
                     running.renewed_sent = sent
                 else:
                     self._lease_lost(running, "renew")
+
+    def _listener_state(self, state: str) -> None:
+        if state == "listening":
+            self.emit("listening")
+        else:
+            self.emit("listen_lost", error=state)
 
     async def _sweep_loop(self) -> None:
         while True:
