@@ -146,6 +146,12 @@ class SQLiteDialect(Dialect):
             # The write lock at the start: a claim's read and write are one atomic step.
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    def is_conflict(self, exc: DBAPIError) -> bool:
+        # SQLite skips the busy handler where waiting could deadlock (e.g. switching a new
+        # file to WAL while another connection reads it): retrying the transaction is safe.
+        message = str(exc.orig).lower()
+        return "database is locked" in message or "database is busy" in message
+
 
 class MySQLDialect(Dialect):
     """MySQL 8.0.1+ and MariaDB 10.6+: the first versions with SKIP LOCKED."""

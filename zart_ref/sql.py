@@ -71,10 +71,9 @@ class SQLBackend:
         for attempt in range(1, _CONFLICT_RETRIES + 1):
             try:
                 async with asyncio.timeout(limit):
+                    if not self._server_checked:
+                        await self._prepare()
                     async with self.engine.begin() as conn:
-                        if not self._server_checked:
-                            await self.dialect.check_server(conn)
-                            self._server_checked = True
                         return await body(conn)
             except DBAPIError as exc:
                 if self.dialect.is_conflict(exc) and attempt < _CONFLICT_RETRIES:
@@ -87,6 +86,18 @@ class SQLBackend:
                 # PoolTimeout: every pooled connection is busy past acquire_timeout.
                 raise self._unavailable(exc) from exc
         raise AssertionError("unreachable")
+
+    async def _prepare(self) -> None:
+        """Once: refuse a server that cannot keep the contract, and open ``min_connections``."""
+        async with contextlib.AsyncExitStack() as stack:
+            # Closing returns them to the pool, which keeps them open.
+            first, *_ = [
+                await stack.enter_async_context(self.engine.connect())
+                for _ in range(max(1, self.pool.min_connections))
+            ]
+            async with first.begin():
+                await self.dialect.check_server(first)
+        self._server_checked = True
 
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
         reason = str(exc).strip() or type(exc).__name__
