@@ -44,6 +44,17 @@ COUNTERS: dict[str, str] = {
     "max_db_connections": "most TCP connections one worker process held to the database",
     "pool_overflow": "connections one worker held beyond its pool size (plus its listener)",
     "max_clock_skew_s": "largest wall-clock offset of a worker from the runner, in seconds",
+    "partitioned_in_flight": "handlers running in a worker when its network was cut",
+    "fault_db_errors": "database errors a network fault's target reported while it lasted",
+    "max_db_call_ms": "slowest failed database call, in ms (a hang shows here)",
+    "toxic_affected": "live connections a toxic hit (kit's toxiproxy server only)",
+    "health_not_ready": "times a worker's /readyz turned not ready",
+    "health_ready_again": "times a worker's /readyz turned ready after being not ready",
+    "work_after_heal": "handlers a network fault's target started after the network healed",
+    "ambiguous_writes": "complete/fail/release calls that failed inside a network fault window",
+    "max_pickup_ms": "slowest pickup of a task scheduled mid-run (schedule to handler start), ms",
+    "listener_lost": "times a worker's LISTEN connection dropped or stopped answering",
+    "listener_resubscribed": "times a worker's listener subscribed again after a drop",
 }
 
 
@@ -89,9 +100,11 @@ def check(
     faults: list[str],
     expect_min: dict[str, int] | None = None,
     expect_max: dict[str, int] | None = None,
+    scale: float = 1.0,
 ) -> Verdict:
     """``expected`` maps each scheduled task to the status it must end in; ``faults`` lists the
-    ids of the faults the scenario declares (each must have fired)."""
+    ids of the faults the scenario declares (each must have fired). Bounds on durations
+    (counters ending in ``_ms``) are multiplied by ``scale``, the run's time multiplier."""
     verdict = Verdict()
     ev = Counter[str]({name: 0 for name in COUNTERS})
     v = verdict.violations
@@ -214,6 +227,7 @@ def check(
             "kill": "killed_in_flight",
             "stop": "paused_in_flight",
             "term": "terminated_in_flight",
+            "partition": "partitioned_in_flight",
         }.get(event["action"])
         if counter is None:
             continue
@@ -229,6 +243,7 @@ def check(
 
     _requeue_and_retries(history, by_task, ev, v)
     _resources(history, ev)
+    _network(history, ev)
     ev["failed_final"] = sum(1 for s in final.values() if s == "failed")
     verdict.evidence = dict(ev)
     for name, bound in (expect_min or {}).items():
@@ -237,6 +252,8 @@ def check(
                 f"evidence {name} = {ev[name]}, expected >= {bound} ({COUNTERS[name]})"
             )
     for name, bound in (expect_max or {}).items():
+        if name.endswith("_ms"):
+            bound = int(bound * scale)
         if ev[name] > bound:
             verdict.unmet.append(
                 f"evidence {name} = {ev[name]}, expected <= {bound} ({COUNTERS[name]})"
@@ -305,3 +322,56 @@ def _resources(history: History, ev: Counter[str]) -> None:
         for event in history.of("worker_started"):
             skew = abs((event["wall"] - event["t"]) - reference)
             ev["max_clock_skew_s"] = max(ev["max_clock_skew_s"], int(skew))
+
+
+_CUTS = ("partition", "down", "reset", "latency", "slow_close", "bandwidth")
+
+
+def _network(history: History, ev: Counter[str]) -> None:
+    """What a network fault did to its target: errors while it lasted, health, recovery."""
+    windows: dict[str, list[list[float]]] = defaultdict(list)  # target -> [start, end]
+    for event in history.of("fault"):
+        if event["action"] in _CUTS:
+            windows[event["target"]].append([event["t"], float("inf")])
+        elif event["action"] in ("heal", "up") and windows[event["target"]]:
+            windows[event["target"]][-1][1] = event["t"]
+    healed = {
+        t: spans[-1][1] for t, spans in windows.items() if spans and spans[-1][1] < float("inf")
+    }
+    for event in history.events:
+        kind, src = event["kind"], event["src"]
+        if kind == "db_error":
+            ev["max_db_call_ms"] = max(ev["max_db_call_ms"], int(event["elapsed"] * 1000))
+            if any(a <= event["t"] <= b for a, b in windows.get(src, [])):
+                ev["fault_db_errors"] += 1
+                if event["operation"] in ("complete", "fail", "release"):
+                    ev["ambiguous_writes"] += 1
+        elif kind == "handler_start" and src in healed and event["t"] > healed[src]:
+            ev["work_after_heal"] += 1
+        elif kind == "toxic_affected":
+            ev["toxic_affected"] = max(ev["toxic_affected"], event["count"])
+    for fault in history.of("fault"):
+        if fault["action"] != "schedule":
+            continue
+        prefix = f"{fault['params']['group']}-"
+        firsts: dict[str, float] = {}
+        for event in history.of("handler_start"):
+            if event["task"].startswith(prefix) and event["t"] >= fault["t"]:
+                firsts.setdefault(event["task"], event["t"])
+        for started in firsts.values():
+            ev["max_pickup_ms"] = max(ev["max_pickup_ms"], int((started - fault["t"]) * 1000))
+    lost_listener: set[str] = set()
+    for event in history.of("listen_lost", "listening"):
+        if event["kind"] == "listen_lost":
+            ev["listener_lost"] += 1
+            lost_listener.add(event["src"])
+        elif event["src"] in lost_listener:
+            ev["listener_resubscribed"] += 1
+            lost_listener.discard(event["src"])
+    seen_unready: set[str] = set()
+    for event in history.of("health"):
+        if not event["ready"]:
+            ev["health_not_ready"] += 1
+            seen_unready.add(event["target"])
+        elif event["target"] in seen_unready:
+            ev["health_ready_again"] += 1

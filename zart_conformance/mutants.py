@@ -18,6 +18,7 @@ from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from zart_ref.backend import ClaimedTask, Lease
+from zart_ref.config import PoolConfig
 from zart_ref.schema import COMPLETED, RUNNING, tasks
 from zart_ref.sql import SQLBackend
 
@@ -129,6 +130,15 @@ class NoRequeue(SQLBackend):
         return await self.now()
 
 
+class NoStatementTimeouts(SQLBackend):
+    """Breaks C8.3: database calls have no bound of their own (an hour), so a black-holed
+    socket hangs the worker until the network comes back instead of failing fast."""
+
+    def __init__(self, url: Any, *, pool: PoolConfig | None = None, schema: str | None = None):
+        unbounded = replace(pool or PoolConfig(), statement_timeout=3600.0, acquire_timeout=3600.0)
+        super().__init__(url, pool=unbounded, schema=schema)
+
+
 # Each mutant and the clause it breaks; tests/test_conformance.py names the scenario that
 # must catch it.
 MUTANTS = {
@@ -138,11 +148,13 @@ MUTANTS = {
     "AppClockLeases": "C3 database clock",
     "SlowHeartbeat": "C4.1 heartbeat at lease/3",
     "NoRequeue": "C7 graceful shutdown requeue",
+    "NoStatementTimeouts": "C8.3 bounded database calls",
 }
 __all__ = [
     "MUTANTS",
     "AppClockLeases",
     "NoRequeue",
+    "NoStatementTimeouts",
     "NonAtomicClaim",
     "OverClaim",
     "SlowHeartbeat",

@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from zart_ref import Backend, NewTask, PoolConfig, WorkerConfig
 from zart_ref.importing import load_object
 from zart_ref.schema import TERMINAL
@@ -29,8 +31,9 @@ from zart_ref.urls import normalize_url
 from .backends import Descriptor
 from .checker import check
 from .eventlog import EventLog, History, Tail
+from .network import Network, provision_network
 from .provision import Server, isolate
-from .scenario import CAPABILITIES, Fault, Scenario
+from .scenario import CAPABILITIES, LISTENER, NETWORK_ACTIONS, Fault, Scenario
 
 TICK = 0.02
 _SIGNALS = {
@@ -74,6 +77,7 @@ class ScenarioResult:
     evidence: dict[str, int] = field(default_factory=dict)
     # The counters the scenario puts bounds on: what its evidence is.
     checked: list[str] = field(default_factory=list)
+    network: str = ""
     duration: float = 0.0
     run_dir: str = ""
     replay: str = ""
@@ -106,11 +110,15 @@ class _Proc:
     reported: bool = False
 
 
+DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
+HEALTH_EVERY = 0.1
+
+
 def db_port(url: str) -> int | None:
     parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         return None
-    return parsed.port or {"postgresql": 5432, "mysql": 3306}[parsed.get_backend_name()]
+    return parsed.port or DEFAULT_PORTS[parsed.get_backend_name()]
 
 
 def count_connections(pid: int, port: int) -> int:
@@ -180,6 +188,14 @@ class _Run:
             db_port(self.target.url) if "client_server" in descriptor.capabilities else None
         )
         self.connections: dict[str, int] = {}
+        self.network: Network | None = None
+        self.worker_urls: dict[str, str] = {}
+        self.listen_urls: dict[str, str] = {}
+        self.groups: dict[str, list[NewTask]] = {}
+        self.backend: Backend | None = None
+        self.health_ports: dict[str, int] = {}
+        self.readiness: dict[str, bool] = {}
+        self.last_health_sample = 0.0
 
     def say(self, text: str) -> None:
         if self.options.progress:
@@ -196,7 +212,7 @@ class _Run:
             "--app",
             "zart_conformance.app:registry",
             "--database-url",
-            self.target.url,
+            self.worker_urls.get(name, self.target.url),
             "--backend",
             self.descriptor.factory,
             "--worker-id",
@@ -205,11 +221,18 @@ class _Run:
         ]
         if self.target.schema:
             args += ["--schema", self.target.schema]
+        if self.scenario.network.health:
+            args += ["--health-port", "0"]
+        if name in self.listen_urls:
+            args += ["--listen-database-url", self.listen_urls[name]]
         for prefix, config in (("", self.config), ("pool-", self.pool)):
             for f in fields(config):
                 value = getattr(config, f.name)
-                if value is not None:
-                    args += ["--" + prefix + f.name.replace("_", "-"), str(value)]
+                flag = prefix + f.name.replace("_", "-")
+                if isinstance(value, bool):
+                    args.append(f"--{flag}" if value else f"--no-{flag}")
+                elif value is not None:
+                    args += [f"--{flag}", str(value)]
         return args
 
     async def start_worker(self, name: str) -> None:
@@ -251,6 +274,51 @@ class _Run:
         # DONT_FAKE_MONOTONIC: the event log orders everything by the shared monotonic clock.
         return {"LD_PRELOAD": preload, "FAKETIME": offset, "DONT_FAKE_MONOTONIC": "1"}
 
+    async def setup_network(self) -> None:
+        """Give each proxied worker a proxy of its own in front of the database."""
+        plan = self.scenario.network
+        if not plan.proxied:
+            return
+        self.network = await asyncio.to_thread(provision_network)
+        self.log.write("network", how=self.network.how)
+        self.say(f"network faults through {self.network.how}")
+        url = normalize_url(self.target.url)
+        upstream = f"{url.host}:{url.port or DEFAULT_PORTS[url.get_backend_name()]}"
+        for name in plan.proxied:
+            listen = await self.network.proxy_for(
+                name, upstream, enabled=name not in plan.start_down
+            )
+            if name in plan.start_down:
+                # The proxy starts disabled: a fault window from the first moment.
+                self.log.write("fault", fault=f"start-down-{name}", action="down", target=name)
+            host, port = listen.rsplit(":", 1)
+            proxied = url.set(host=host, port=int(port)).render_as_string(hide_password=False)
+            if name.endswith(LISTENER):
+                self.listen_urls[name.removesuffix(LISTENER)] = proxied
+            else:
+                self.worker_urls[name] = proxied
+
+    async def sample_health(self) -> None:
+        """Read each worker's /readyz over HTTP and log every change."""
+        now = time.monotonic()
+        if not self.health_ports or now - self.last_health_sample < HEALTH_EVERY:
+            return
+        self.last_health_sample = now
+        timeout = aiohttp.ClientTimeout(total=HEALTH_EVERY * 4)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for name, port in self.health_ports.items():
+                proc = self.procs.get(name)
+                if proc is None or proc.process.returncode is not None or proc.stopped:
+                    continue
+                try:
+                    async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                        ready = response.status == 200
+                except (aiohttp.ClientError, TimeoutError):
+                    continue  # no answer is not an answer: liveness is another matter
+                if self.readiness.get(name) != ready:
+                    self.readiness[name] = ready
+                    self.log.write("health", target=name, ready=ready)
+
     def sample_connections(self) -> None:
         """Count each live worker's TCP connections to the database (from /proc)."""
         if self.db_port is None:
@@ -278,6 +346,8 @@ class _Run:
             for event in tail.read():
                 self.counts[(event["src"], event["kind"])] += 1
                 self.counts[(None, event["kind"])] += 1
+                if event["kind"] == "health_listening":
+                    self.health_ports[event["src"]] = event["port"]
 
     def _due(self, fault: Fault, now: float, started: float) -> bool:
         when = fault.when
@@ -293,6 +363,16 @@ class _Run:
     async def fire(self, fault: Fault) -> None:
         if fault.action == "start":
             await self.start_worker(fault.target)
+        elif fault.action == "schedule":
+            assert self.backend is not None
+            await self.backend.schedule(self.groups[fault.params["group"]])
+        elif fault.action in NETWORK_ACTIONS:
+            assert self.network is not None
+            if fault.action in ("heal", "up"):
+                affected = await self.network.affected(fault.target)
+                if affected is not None:
+                    self.log.write("toxic_affected", target=fault.target, count=affected)
+            await self.network.apply(fault.action, fault.target, fault.params)
         else:
             proc = self.procs[fault.target]
             if proc.process.returncode is not None:
@@ -304,24 +384,25 @@ class _Run:
                 proc.stopped = fault.action == "stop"
                 os.kill(proc.process.pid, _SIGNALS[fault.action])
         self.fired[fault.id] = time.monotonic()
-        self.log.write("fault", fault=fault.id, action=fault.action, target=fault.target)
+        self.log.write(
+            "fault", fault=fault.id, action=fault.action, target=fault.target, params=fault.params
+        )
         self.say(f"fault {fault.id}: {fault.action} {fault.target}")
 
     # -- the run --------------------------------------------------------------------------
 
     def workload(self) -> list[NewTask]:
-        tasks = [
-            NewTask(id=f"{group.prefix}-{i:05d}", name=group.handler, payload=group.params)
-            for group in self.scenario.workload
-            for i in range(group.count)
-        ]
-        self.expected = {
-            f"{group.prefix}-{i:05d}": group.expect_status
-            for group in self.scenario.workload
-            for i in range(group.count)
-        }
-        self.rng.shuffle(tasks)
-        return tasks
+        """The tasks scheduled at the start; groups with at_start = false wait for a fault."""
+        for group in self.scenario.workload:
+            tasks = [
+                NewTask(id=f"{group.prefix}-{i:05d}", name=group.handler, payload=group.params)
+                for i in range(group.count)
+            ]
+            self.groups[group.prefix] = tasks
+            self.expected.update(dict.fromkeys((t.id for t in tasks), group.expect_status))
+        first = [t for g in self.scenario.workload if g.at_start for t in self.groups[g.prefix]]
+        self.rng.shuffle(first)
+        return first
 
     async def execute(self, backend: Backend) -> dict[str, str | None]:
         scenario = self.scenario
@@ -339,6 +420,7 @@ class _Run:
             if time.monotonic() > deadline:
                 raise RunError("workers did not log worker_started before the scenario timeout")
             await asyncio.sleep(TICK)
+        self.backend = backend
         tasks = self.workload()
         await backend.schedule(tasks)
         self.log.write("scheduled", count=len(tasks))
@@ -355,11 +437,12 @@ class _Run:
                 await self.fire(fault)
             self._check_exits()
             self.sample_connections()
+            await self.sample_health()
             if now - last_check >= 0.2:
                 last_check = now
                 counts = await backend.count_by_status()
                 finished = sum(n for status, n in counts.items() if status in TERMINAL)
-                done = finished >= len(tasks)
+                done = finished >= len(self.expected)
             settled = (
                 not self.fired
                 or now >= max(self.fired.values()) + scenario.settle * self.options.scale
@@ -376,9 +459,9 @@ class _Run:
             await asyncio.sleep(TICK)
         await self.stop_workers()
         final: dict[str, str | None] = {}
-        for task in tasks:
-            record = await backend.get(task.id)
-            final[task.id] = record.status if record else None
+        for task_id in self.expected:
+            record = await backend.get(task_id)
+            final[task_id] = record.status if record else None
         return final
 
     def _check_exits(self) -> None:
@@ -424,6 +507,8 @@ class _Run:
             if proc.process.returncode is None:
                 proc.process.kill()
                 await proc.process.wait()
+        if self.network is not None:
+            await self.network.close()
 
 
 async def run_scenario(
@@ -453,6 +538,7 @@ async def run_scenario(
     )
     final: dict[str, str | None] = {}
     try:
+        await run.setup_network()
         await backend.migrate()
         run.log.write(
             "run_started", scenario=scenario.id, backend=descriptor.name, seed=options.seed
@@ -469,6 +555,7 @@ async def run_scenario(
         faults=[f.id for f in scenario.faults],
         expect_min=scenario.expect_min,
         expect_max=scenario.expect_max,
+        scale=options.scale,
     )
     violations = verdict.violations + run.notes
     result = ScenarioResult(
@@ -480,6 +567,7 @@ async def run_scenario(
         unmet=verdict.unmet,
         evidence=verdict.evidence,
         checked=list(dict.fromkeys([*scenario.expect_min, *scenario.expect_max])),
+        network=run.network.how if run.network else "",
         duration=time.monotonic() - began,
         run_dir=str(run.run_dir),
         replay=replay,

@@ -33,6 +33,27 @@ ACTIONS = {
     "cont": "SIGCONT the target worker",
     "term": "SIGTERM the target worker (graceful shutdown)",
     "start": "start a new worker process under the target's name",
+    "schedule": "schedule a workload group declared with at_start = false (params: group)",
+    # Network faults on the target's own proxy (see [network] proxied).
+    "partition": "black-hole the target's database traffic both ways (timeout toxic, 0)",
+    "latency": "delay the target's traffic both ways (params: latency, jitter in ms)",
+    "reset": "reset the target's connections on their next data (reset_peer toxic)",
+    "slow_close": "delay the close of the target's connections (params: delay in ms)",
+    "bandwidth": "throttle the target's traffic (params: rate in KB/s; 0 holds it)",
+    "heal": "remove every toxic from the target's proxy",
+    "down": "disable the target's proxy: open connections closed, new ones refused",
+    "up": "enable the target's proxy again",
+}
+LISTENER = ".listen"
+NETWORK_ACTIONS = {
+    "partition",
+    "latency",
+    "reset",
+    "slow_close",
+    "bandwidth",
+    "heal",
+    "down",
+    "up",
 }
 TRIGGER_EVENTS = {
     "handler_start",
@@ -44,6 +65,8 @@ TRIGGER_EVENTS = {
     "released",
     "worker_started",
     "worker_stopped",
+    "listening",
+    "listen_lost",
 }
 _POOL_TIME_FIELDS = {"acquire_timeout", "connect_timeout", "statement_timeout"}
 _TIME_FIELDS = {f.name for f in fields(WorkerConfig)} - {
@@ -59,6 +82,7 @@ class TaskGroup:
     params: dict[str, Any]
     prefix: str
     expect_status: str
+    at_start: bool = True
 
 
 @dataclass(frozen=True)
@@ -91,6 +115,16 @@ class Fault:
     action: str
     target: str
     when: Trigger
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """Which workers reach the database through a proxy of their own, and how they start."""
+
+    proxied: list[str] = field(default_factory=list)
+    start_down: list[str] = field(default_factory=list)
+    health: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,6 +141,7 @@ class Scenario:
     pool_config: dict[str, Any]
     clock_offsets: dict[str, str]
     faults: list[Fault]
+    network: NetworkPlan
     expect_min: dict[str, int]
     expect_max: dict[str, int]
     expect_status: str
@@ -188,6 +223,7 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
                 params=dict(params),
                 prefix=group.str("prefix", required=False, default=f"g{index}"),
                 expect_status=_status(group, "expect_status", status),
+                at_start=group.bool("at_start", default=True),
             )
         )
         group.done()
@@ -230,10 +266,37 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         target = fault.str("target")
         if action == "start":
             names.add(target)
+        elif action in NETWORK_ACTIONS and target.endswith(LISTENER):
+            if target.removesuffix(LISTENER) not in names:
+                raise fault.error("target", f"no worker named {target.removesuffix(LISTENER)!r}")
         elif target not in names:
             raise fault.error("target", f"no worker named {target!r}; known: {sorted(names)}")
-        faults.append(Fault(fault_id, action, target, _trigger(fault.table("when"), faults, names)))
+        params = dict(fault.table("params").data)
+        if params and action not in NETWORK_ACTIONS | {"schedule"}:
+            raise fault.error("params", f"only network actions take params, not {action!r}")
+        if action == "schedule":
+            later = {g.prefix for g in groups if not g.at_start}
+            if params.get("group") not in later:
+                raise fault.error(
+                    "params", f"schedule needs group = one of {sorted(later)} (at_start = false)"
+                )
+        trigger = _trigger(fault.table("when"), faults, names)
+        faults.append(Fault(fault_id, action, target, trigger, params))
         fault.done()
+    network = _network(top.table("network"), names, requires)
+    scheduled = {f.params.get("group") for f in faults if f.action == "schedule"}
+    for group in groups:
+        if not group.at_start and group.prefix not in scheduled:
+            raise top.error(
+                "workload", f"group {group.prefix!r} has at_start = false but no fault schedules it"
+            )
+    for fault in faults:
+        if fault.action in NETWORK_ACTIONS and fault.target not in network.proxied:
+            raise top.error(
+                "faults",
+                f"fault {fault.id!r} acts on {fault.target}'s network, but network.proxied "
+                f"is {network.proxied}",
+            )
 
     for name in offsets:
         if name not in names:
@@ -270,6 +333,7 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         pool_config=dict(pool_table.data),
         clock_offsets=offsets,
         faults=faults,
+        network=network,
         expect_min=expect_min,
         expect_max=expect_max,
         expect_status=status,
@@ -297,6 +361,17 @@ def _pool_from(table: Table) -> PoolConfig:
     if unknown:
         raise table.error(unknown[0], f"unknown pool setting; expected some of {sorted(known)}")
     return PoolConfig(**table.data)
+
+
+def _network(table: Table, workers: set[str], requires: list[str]) -> NetworkPlan:
+    # "w0" proxies w0's pool connections; "w0.listen" its LISTEN connection.
+    proxied = table.strings("proxied", allowed=workers | {w + LISTENER for w in workers})
+    start_down = table.strings("start_down", allowed=set(proxied))
+    plan = NetworkPlan(proxied, start_down, table.bool("health"))
+    table.done()
+    if proxied and "network_faults" not in requires:
+        raise table.error("proxied", 'proxied workers need requires = ["network_faults"]')
+    return plan
 
 
 def _trigger(when: Table, earlier: list[Fault], workers: set[str]) -> Trigger:

@@ -43,10 +43,12 @@ backend_path = click.option(
 )
 
 
-def _make_backend(factory_path: str, url: str, schema: str | None, pool: PoolConfig) -> Backend:
+def _make_backend(
+    factory_path: str, url: str, schema: str | None, pool: PoolConfig, **extra: Any
+) -> Backend:
     factory = load_object(factory_path, what="--backend")
     normalize_url(url)  # a bad URL fails here, with its reason, before any import of a driver
-    backend = factory(url, pool=pool, schema=schema)
+    backend = factory(url, pool=pool, schema=schema, **{k: v for k, v in extra.items() if v})
     if not isinstance(backend, Backend):
         raise ConfigError(f"--backend {factory_path!r} returned {backend!r}, not a zart Backend")
     return backend
@@ -126,6 +128,12 @@ def _pick(cls: type[Any], values: dict[str, Any], prefix: str = "") -> Any:
 @schema
 @backend_path
 @click.option("--worker-id", default=None, help="Name shown in logs (never used for ownership).")
+@click.option(
+    "--listen-database-url",
+    envvar="ZART_LISTEN_DATABASE_URL",
+    default=None,
+    help="Direct server URL for LISTEN (PostgreSQL behind a transaction pooler).",
+)
 @click.option("--migrate/--no-migrate", "run_migrate", default=True, help="Migrate at start.")
 @click.option(
     "--health-port",
@@ -143,6 +151,7 @@ def worker(
     schema: str | None,
     backend_factory: str,
     worker_id: str | None,
+    listen_database_url: str | None,
     run_migrate: bool,
     health_port: int | None,
     health_host: str,
@@ -156,7 +165,9 @@ def worker(
             raise ConfigError(f"--app {app_path!r} is a {type(registry).__name__}, not a Registry")
         config = _pick(WorkerConfig, settings)
         pool = _pick(PoolConfig, settings, prefix="pool_")
-        backend = _make_backend(backend_factory, database_url, schema, pool)
+        backend = _make_backend(
+            backend_factory, database_url, schema, pool, listen_url=listen_database_url
+        )
         try:
             if run_migrate:
                 await backend.migrate()

@@ -30,6 +30,8 @@ class Dialect:
     concurrent_workers = True
     # MySQL and MariaDB < 11.5 have no UPDATE ... RETURNING.
     update_returning = True
+    # Single-statement writes may run in autocommit (PostgreSQL): one round trip per write.
+    autocommit_writes = False
 
     def now(self) -> ColumnElement[datetime]:
         """The database clock as an aware UTC instant."""
@@ -74,6 +76,7 @@ class Dialect:
 
 class PostgresDialect(Dialect):
     name = "postgresql"
+    autocommit_writes = True
 
     def now(self) -> ColumnElement[datetime]:
         # statement_timestamp(): the statement's own instant, even in a longer transaction.

@@ -44,8 +44,12 @@ class SQLBackend:
         *,
         pool: PoolConfig | None = None,
         schema: str | None = None,
+        listen_url: str | URL | None = None,
     ) -> None:
         self.url = normalize_url(url)
+        # LISTEN needs a session of its own: behind PgBouncer in transaction mode, give the
+        # server's direct address here.
+        self.listen_url = normalize_url(listen_url) if listen_url else self.url
         self.pool = pool or PoolConfig()
         self.schema = schema
         self.dialect: Dialect = dialect_for(self.url)
@@ -55,24 +59,37 @@ class SQLBackend:
             engine.execution_options(schema_translate_map={None: schema}) if schema else engine
         )
         self._server_checked = False
+        self._autocommit: AsyncEngine | None = (
+            self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.dialect.autocommit_writes
+            else None
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self.url)!r}, schema={self.schema!r})"
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def run(self, body: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    async def run(
+        self, body: Callable[[AsyncConnection], Awaitable[T]], *, single_statement: bool = False
+    ) -> T:
         """Run ``body`` in one short transaction, bounded in time.
 
         Lock conflicts (deadlock, serialization failure, busy) roll back and run ``body`` again;
         lost connections and timeouts become DatabaseUnavailable with the redacted URL.
+        ``single_statement`` bodies run in autocommit where the dialect allows: one round trip
+        in which the server commits before it answers (no separate BEGIN and COMMIT).
         """
+        engine = self._autocommit if single_statement else None
         limit = self.pool.statement_timeout + self.pool.acquire_timeout
         for attempt in range(1, _CONFLICT_RETRIES + 1):
             try:
                 async with asyncio.timeout(limit):
                     if not self._server_checked:
                         await self._prepare()
+                    if engine is not None:
+                        async with engine.connect() as conn:
+                            return await body(conn)
                     async with self.engine.begin() as conn:
                         return await body(conn)
             except DBAPIError as exc:
@@ -276,7 +293,7 @@ class SQLBackend:
                 await self._notify(conn)
             return written
 
-        stamp = await self.run(body)
+        stamp = await self.run(body, single_statement=True)
         if stamp is None:
             raise LeaseLost(lease.task_id, lease.token, operation)
         return stamp
@@ -303,7 +320,7 @@ class SQLBackend:
             rows = await self._update_returning(conn, stmt, (t.c.id, t.c.lease_expires_at), held)
             return {row.id: row.lease_expires_at for row in rows}
 
-        return await self.run(body)
+        return await self.run(body, single_statement=True)
 
     @staticmethod
     def encode_result(lease: Lease, result: Any) -> str:
@@ -386,7 +403,7 @@ class SQLBackend:
         self, asyncpg: Any, on_work: Callable[[], None], on_state: Callable[[str], None]
     ) -> None:
         """One subscription, until its connection drops or stops answering the keepalive."""
-        dsn = self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+        dsn = self.listen_url.set(drivername="postgresql").render_as_string(hide_password=False)
         conn = await asyncpg.connect(
             dsn,
             timeout=self.pool.connect_timeout,

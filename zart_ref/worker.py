@@ -165,7 +165,7 @@ class Worker:
                 claimed = await self.backend.claim(self.worker_id, limit, cfg.lease_duration)
             except TRANSIENT as exc:
                 failures += 1
-                self._db_error("claim", exc)
+                self._db_error("claim", exc, sent)
                 await self._wait_for(self._wake, _backoff(failures, cfg.poll_interval))
                 continue
             failures = 0
@@ -200,7 +200,7 @@ class Worker:
             try:
                 renewed = await self.backend.renew(leases, cfg.lease_duration)
             except TRANSIENT as exc:
-                self._db_error("renew", exc)
+                self._db_error("renew", exc, sent)
                 continue
             self._db_ok()
             self.emit("renewed", leases={tid: _iso(at) for tid, at in renewed.items()})
@@ -222,10 +222,11 @@ class Worker:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.sweep_every)
+            began = time.monotonic()
             try:
                 recovered = await self.backend.recover_orphans()
             except TRANSIENT as exc:
-                self._db_error("recover_orphans", exc)
+                self._db_error("recover_orphans", exc, began)
                 continue
             self._db_ok()
             if recovered:
@@ -312,6 +313,7 @@ class Worker:
         task = running.task
         failures = 0
         while True:
+            began = time.monotonic()
             try:
                 at = await write()
             except LeaseLost:
@@ -319,7 +321,7 @@ class Worker:
                 return
             except TRANSIENT as exc:
                 failures += 1
-                self._db_error(operation, exc)
+                self._db_error(operation, exc, began)
                 if self._lease_surely_expired(running):
                     self.emit("lease_lost", task=task.id, token=task.token, operation=operation)
                     return
@@ -331,12 +333,13 @@ class Worker:
             return
 
     async def _give_back(self, task: ClaimedTask) -> None:
+        began = time.monotonic()
         try:
             at = await self.backend.release(Lease(task.id, task.token))
         except LeaseLost:
             return
         except TRANSIENT as exc:
-            self._db_error("release", exc)
+            self._db_error("release", exc, began)
             return
         self.emit("released", task=task.id, token=task.token, at=_iso(at))
 
@@ -364,9 +367,12 @@ class Worker:
     def _db_ok(self) -> None:
         self._last_db_ok = time.monotonic()
 
-    def _db_error(self, operation: str, exc: BaseException) -> None:
-        log.warning("zart %s failed: %s", operation, exc)
-        self.emit("db_error", operation=operation, error=f"{type(exc).__name__}: {exc}"[:500])
+    def _db_error(self, operation: str, exc: BaseException, began: float) -> None:
+        """Report a failed database call and how long it took to fail (bounded, or a hang)."""
+        elapsed = time.monotonic() - began
+        log.warning("zart %s failed after %.2fs: %s", operation, elapsed, exc)
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        self.emit("db_error", operation=operation, error=error, elapsed=round(elapsed, 3))
 
 
 def _backoff(failures: int, cap: float) -> float:
