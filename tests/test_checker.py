@@ -201,8 +201,10 @@ def test_lease_loss_counters() -> None:
     log.add("handler_cancelled", "w0", 2, task="heartbeat", token="old")
     log.add("handler_cancelled", "w0", 2, task="other", token="old")  # not a lost lease
     log.add("orphans_recovered", "w1", 3, tasks=["p", "q"])
+    # A write the worker gave up on itself (no answer before its lease lapsed) was not fenced.
+    log.add("lease_lost", "w0", 4, task="x", token="t", operation="fail", reason="local_expiry")
     evidence = log.check().evidence
-    assert (evidence["lease_lost"], evidence["fenced_writes"]) == (3, 2)
+    assert (evidence["lease_lost"], evidence["fenced_writes"]) == (4, 2)
     assert (evidence["handlers_stopped"], evidence["orphans_recovered"]) == (1, 2)
 
 

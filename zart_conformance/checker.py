@@ -208,7 +208,10 @@ def check(
     lost_events = list(history.of("lease_lost"))
     ev["lease_lost"] = len(lost_events)
     ev["fenced_writes"] = sum(
-        1 for e in lost_events if e.get("operation") in ("complete", "fail", "release")
+        1
+        for e in lost_events
+        if e.get("operation") in ("complete", "fail", "release")
+        and e.get("reason") != "local_expiry"
     )
     lost_tokens = {(e["task"], e["token"]) for e in lost_events}
     ev["handlers_stopped"] = sum(

@@ -323,7 +323,14 @@ class Worker:
                 failures += 1
                 self._db_error(operation, exc, began)
                 if self._lease_surely_expired(running):
-                    self.emit("lease_lost", task=task.id, token=task.token, operation=operation)
+                    # Given up locally: the write was never answered, not fenced by the DB.
+                    self.emit(
+                        "lease_lost",
+                        task=task.id,
+                        token=task.token,
+                        operation=operation,
+                        reason="local_expiry",
+                    )
                     return
                 await asyncio.sleep(_backoff(failures, self.config.heartbeat_every))
                 continue
