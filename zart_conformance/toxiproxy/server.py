@@ -59,9 +59,9 @@ def _json(value: object, status: int = 200) -> web.Response:
     return web.Response(text=_dumps(value), status=status, content_type="application/json")
 
 
-def _error(error: ApiError, **extra: object) -> web.Response:
+def _error(error: ApiError) -> web.Response:
     # As Go's http.Error: text/plain, the JSON document and a newline.
-    body = _dumps({"error": error.message, "status": error.status, **extra}) + "\n"
+    body = _dumps({"error": error.message, "status": error.status}) + "\n"
     return web.Response(text=body, status=error.status, content_type="text/plain")
 
 
@@ -170,7 +170,11 @@ class ToxiproxyServer:
     async def start(self) -> None:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
+        try:
+            await site.start()
+        except BaseException:
+            await self._runner.cleanup()
+            raise
         sockets = getattr(site._server, "sockets", None) or []
         if sockets:
             self.port = sockets[0].getsockname()[1]
@@ -285,7 +289,9 @@ class ToxiproxyServer:
         try:
             proxies = await self.populate(_parse(await request.read()))
         except ApiError as exc:
-            return _error(exc, proxies=[])
+            # The real server answers this one as plain JSON, with no newline.
+            body = {"error": exc.message, "status": exc.status, "proxies": []}
+            return _json(body, status=exc.status)
         return _json({"proxies": [proxy_json(p) for p in proxies]}, status=201)
 
     async def _proxy_show(self, request: web.Request) -> web.Response:
