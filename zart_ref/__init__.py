@@ -1,6 +1,7 @@
 """Zart reference worker: durable tasks over PostgreSQL, MySQL/MariaDB and SQLite."""
 
 from .backend import Backend, ClaimedTask, Lease, NewTask, TaskRecord
+from .client import Client, UnknownExecution
 from .config import PoolConfig, WorkerConfig
 from .context import RunningTask, current_task
 from .errors import (
@@ -16,12 +17,16 @@ from .retry import RetryPolicy
 from .sql import SQLBackend
 from .urls import normalize_url, redact
 from .worker import Worker
+from .workflow import EventTimeout, ExecutionTimeout, sleep, step, wait_for_event
 
 __all__ = [
     "Backend",
     "ClaimedTask",
+    "Client",
     "ConfigError",
     "DatabaseUnavailable",
+    "EventTimeout",
+    "ExecutionTimeout",
     "Lease",
     "LeaseLost",
     "NewTask",
@@ -32,6 +37,7 @@ __all__ = [
     "RunningTask",
     "SQLBackend",
     "TaskRecord",
+    "UnknownExecution",
     "UnknownHandler",
     "Worker",
     "WorkerConfig",
@@ -39,4 +45,7 @@ __all__ = [
     "current_task",
     "normalize_url",
     "redact",
+    "sleep",
+    "step",
+    "wait_for_event",
 ]

@@ -56,6 +56,11 @@ class TaskRecord:
     lease_expires_at: datetime | None = None
     created_at: datetime | None = None
     finished_at: datetime | None = None
+    current_step: str | None = None
+    steps_completed: int = 0
+    waiting_for: str | None = None
+    cancel_requested: bool = False
+    deadline: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -19,6 +19,8 @@ class Handler:
     name: str
     fn: HandlerFn
     retry: RetryPolicy
+    # Execution timeout in seconds, from the first run on (durable sleeps count).
+    timeout: float | None = None
 
 
 class Registry:
@@ -39,10 +41,37 @@ class Registry:
 
         return register
 
-    def register(self, name: str, fn: HandlerFn, *, retry: RetryPolicy | None = None) -> None:
+    def workflow(
+        self,
+        name: str | None = None,
+        *,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> Callable[[F], F]:
+        """Decorator: register a durable workflow (steps, sleeps, events) under ``name``.
+
+        ``timeout`` bounds the whole execution, from its first run, in seconds.
+        """
+
+        def register(fn: F) -> F:
+            self.register(name or fn.__name__, fn, retry=retry, timeout=timeout)
+            return fn
+
+        return register
+
+    def register(
+        self,
+        name: str,
+        fn: HandlerFn,
+        *,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+    ) -> None:
         if name in self._handlers:
             raise ConfigError(f"handler {name!r} is registered twice")
-        self._handlers[name] = Handler(name, fn, retry or RetryPolicy())
+        if timeout is not None and not timeout > 0:
+            raise ConfigError(f"timeout of {name!r} must be a positive number, got {timeout!r}")
+        self._handlers[name] = Handler(name, fn, retry or RetryPolicy(), timeout)
 
     def get(self, name: str) -> Handler:
         try:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -81,9 +82,40 @@ tasks = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("finished_at", UTCDateTime, nullable=True),
+    # Durable execution: progress for status(), what a suspended workflow waits for, a
+    # cancellation the running worker must act on, and the execution's deadline.
+    Column("current_step", String(255), nullable=True),
+    Column("steps_completed", Integer, nullable=False, default=0),
+    Column("waiting_for", String(255), nullable=True),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("deadline", UTCDateTime, nullable=True),
     # Covering index for the claim: due rows by status and time, id included for the lock.
     Index("zart_tasks_claim", "status", "run_at", "id"),
     Index("zart_tasks_lease", "status", "lease_expires_at"),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+# A completed step's result, replayed instead of running the step again.
+steps = Table(
+    "zart_steps",
+    metadata,
+    Column("execution_id", String(255), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("result", JSONText, nullable=True),
+    Column("completed_at", UTCDateTime, nullable=False),
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+# Events are durable and delivered once per (execution, name), before or during the wait.
+events = Table(
+    "zart_events",
+    metadata,
+    Column("execution_id", String(255), primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("data", JSONText, nullable=True),
+    Column("delivered_at", UTCDateTime, nullable=False),
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )

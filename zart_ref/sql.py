@@ -23,6 +23,7 @@ from .config import PoolConfig
 from .dialects import Dialect, dialect_for
 from .errors import DatabaseUnavailable, LeaseLost
 from .schema import COMPLETED, FAILED, RUNNING, SCHEDULED, metadata, tasks
+from .sql_durable import DurableSQL
 from .urls import normalize_url, redact
 
 _INSERT_CHUNK = 500
@@ -31,7 +32,7 @@ t = tasks
 T = TypeVar("T")
 
 
-class SQLBackend:
+class SQLBackend(DurableSQL):
     """The reference backend for PostgreSQL, MySQL/MariaDB and SQLite.
 
     ``schema`` namespaces the tables (a PostgreSQL schema or MySQL database), which is how the
@@ -447,6 +448,11 @@ class SQLBackend:
             lease_expires_at=row.lease_expires_at,
             created_at=row.created_at,
             finished_at=row.finished_at,
+            current_step=row.current_step,
+            steps_completed=row.steps_completed,
+            waiting_for=row.waiting_for,
+            cancel_requested=bool(row.cancel_requested),
+            deadline=row.deadline,
         )
 
     async def count_by_status(self) -> dict[str, int]:

@@ -27,7 +27,14 @@ from .backend import Backend, ClaimedTask, Lease, Notifier
 from .config import WorkerConfig
 from .context import RunningTask, set_current
 from .errors import DatabaseUnavailable, LeaseLost, UnknownHandler
-from .registry import Listener, Registry
+from .registry import Handler, Listener, Registry
+from .workflow import (
+    CancelRequested,
+    DurableBackend,
+    EventTimeout,
+    ExecutionTimeout,
+    Suspend,
+)
 
 log = logging.getLogger("zart.worker")
 T = TypeVar("T")
@@ -212,6 +219,24 @@ class Worker:
                     running.renewed_sent = sent
                 else:
                     self._lease_lost(running, "renew")
+            await self._apply_cancellations(list(renewed))
+
+    async def _apply_cancellations(self, ids: list[str]) -> None:
+        """Stop the handlers of executions whose cancellation was requested meanwhile."""
+        if not ids or not isinstance(self.backend, DurableBackend):
+            return
+        began = time.monotonic()
+        try:
+            requested = await self.backend.cancel_requested(ids)
+        except TRANSIENT as exc:
+            self._db_error("cancel_requested", exc, began)
+            return
+        for tid in requested:
+            running = self._running.get(tid)
+            if running is not None and not running.finishing and not running.runner.done():
+                running.cancel_reason = "cancelled"
+                running.runner.cancel()
+                self.emit("cancelling", task=tid, token=running.task.token)
 
     def _listener_state(self, state: str) -> None:
         if state == "listening":
@@ -265,42 +290,67 @@ class Worker:
         running = self._running[task.id]
         set_current(RunningTask(task, self.worker_id, self.backend))
         try:
-            try:
-                handler = self.registry.get(task.name)
-                result = await handler.fn(task.payload)
-            except asyncio.CancelledError:
-                if running.cancel_reason == "shutdown":
-                    running.finishing = True
-                    await self._final_write(running, "release", lambda: self.backend.release(lease))
-                    return
-                if running.cancel_reason is None:
-                    raise  # cancelled from outside the worker; propagate.
-                return  # lease lost: nothing of ours may be written any more
-            except UnknownHandler as exc:
+            ending = await self._outcome(task, running, lease)
+            if ending is not None:
+                operation, write, extra = ending
                 running.finishing = True
-                error = str(exc)
-                await self._final_write(
-                    running, "fail", lambda: self.backend.fail(lease, error, None), retry_in=None
-                )
-                return
-            except Exception as exc:
-                running.finishing = True
-                error = "".join(traceback.format_exception_only(exc)).strip()
-                retry_in = handler.retry.delay_for(task.attempt)
-                await self._final_write(
-                    running,
-                    "fail",
-                    lambda: self.backend.fail(lease, error, retry_in),
-                    retry_in=retry_in,
-                )
-                return
-            running.finishing = True
-            await self._final_write(
-                running, "complete", lambda: self.backend.complete(lease, result)
-            )
+                await self._final_write(running, operation, write, **extra)
         finally:
             self._running.pop(task.id, None)
             self._slot_freed.set()
+
+    async def _outcome(self, task: ClaimedTask, running: _Running, lease: Lease) -> _Ending | None:
+        """Run the handler and choose the one write that ends this run (None: write nothing)."""
+        backend: Any = self.backend
+        try:
+            handler = self.registry.get(task.name)
+            result = await self._call(handler, task, lease)
+        except asyncio.CancelledError:
+            if running.cancel_reason == "shutdown":
+                return "release", lambda: backend.release(lease), {}
+            if running.cancel_reason == "cancelled":
+                return "cancel", lambda: backend.finish_cancelled(lease), {}
+            if running.cancel_reason is None:
+                raise  # cancelled from outside the worker; propagate.
+            return None  # lease lost: nothing of ours may be written any more
+        except Suspend as pause:
+            run_at, delay, waiting = pause.run_at, pause.delay, pause.waiting_for
+            return (
+                "suspend",
+                lambda: backend.suspend(lease, run_at, delay, waiting),
+                {"waiting_for": waiting},
+            )
+        except CancelRequested:
+            return "cancel", lambda: backend.finish_cancelled(lease), {}
+        except LeaseLost:
+            return None  # a step write was fenced: another worker owns the execution now
+        except (UnknownHandler, EventTimeout, ExecutionTimeout) as exc:
+            error = str(exc)
+            return "fail", lambda: backend.fail(lease, error, None), {"retry_in": None}
+        except Exception as exc:
+            error = "".join(traceback.format_exception_only(exc)).strip()
+            retry_in = handler.retry.delay_for(task.attempt)
+            return "fail", lambda: backend.fail(lease, error, retry_in), {"retry_in": retry_in}
+        return "complete", lambda: backend.complete(lease, result), {}
+
+    async def _call(self, handler: Handler, task: ClaimedTask, lease: Lease) -> Any:
+        """The handler, bounded by its execution timeout when it has one."""
+        if handler.timeout is None:
+            return await handler.fn(task.payload)
+        deadline = await self.backend.ensure_deadline(lease, handler.timeout)  # type: ignore[attr-defined]
+        remaining = (deadline - task.claimed_at).total_seconds()
+        if remaining <= 0:
+            raise ExecutionTimeout(f"execution {task.id} passed its {handler.timeout:g}s timeout")
+        bound = asyncio.timeout(remaining)
+        try:
+            async with bound:
+                return await handler.fn(task.payload)
+        except TimeoutError:
+            if bound.expired():
+                raise ExecutionTimeout(
+                    f"execution {task.id} passed its {handler.timeout:g}s timeout"
+                ) from None
+            raise
 
     async def _final_write(
         self,
@@ -335,7 +385,7 @@ class Worker:
                 await asyncio.sleep(_backoff(failures, self.config.heartbeat_every))
                 continue
             self._db_ok()
-            kind = {"complete": "completed", "fail": "failed", "release": "released"}[operation]
+            kind = _DONE[operation]
             self.emit(kind, task=task.id, token=task.token, at=_iso(at), **extra)
             return
 
@@ -380,6 +430,16 @@ class Worker:
         log.warning("zart %s failed after %.2fs: %s", operation, elapsed, exc)
         error = f"{type(exc).__name__}: {exc}"[:500]
         self.emit("db_error", operation=operation, error=error, elapsed=round(elapsed, 3))
+
+
+_DONE = {
+    "complete": "completed",
+    "fail": "failed",
+    "release": "released",
+    "suspend": "suspended",
+    "cancel": "cancelled",
+}
+_Ending = tuple[str, Callable[[], Awaitable[datetime]], dict[str, Any]]
 
 
 def _backoff(failures: int, cap: float) -> float:
