@@ -208,21 +208,34 @@ async def test_start_is_idempotent_on_the_execution_id(client: Client) -> None:
 
 
 async def test_status_is_json_and_names_progress(client: Client) -> None:
-    registry = Registry()
+    registry, inside, release = Registry(), asyncio.Event(), asyncio.Event()
+
+    async def held() -> int:
+        inside.set()
+        await release.wait()
+        return 2
 
     @registry.workflow()
     async def two(payload: None) -> int:
         await step("a", lambda: 1)
-        return int(await step("b", lambda: 2))
+        return int(await step("b", held))
 
     execution_id, _ = await client.start("two", id="x-1")
     seen: list[tuple[str, int]] = []
     async with Worker(client.backend, registry, CONFIG):
+        await asyncio.wait_for(inside.wait(), 20 * SCALE)
+        during = await client.status(execution_id)
+        release.set()
         status = await client.wait(
             execution_id,
             20 * SCALE,
             poll=0.01,
             on_progress=lambda s: seen.append((s["status"], s["steps_completed"])),
         )
+    assert (during["status"], during["current_step"], during["steps_completed"]) == (
+        "running",
+        "b",
+        1,
+    )
     assert json.loads(json.dumps(status)) == status
-    assert seen[0] == ("scheduled", 0) and seen[-1] == ("completed", 2)
+    assert seen[-1] == ("completed", 2) and status["current_step"] is None
