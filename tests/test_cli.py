@@ -54,7 +54,7 @@ def test_bad_or_unreachable_urls_fail_in_one_line_without_the_password(
         ("no_such_module:registry", "cannot import module 'no_such_module'"),
         ("zart_conformance.app:nothing", "has no 'nothing'"),
         ("zart_conformance.app", "is not of the form module:attribute"),
-        ("zart_conformance.app:sleep", "not a Registry"),
+        ("zart_conformance.app:sleep_task", "not a Registry"),
     ],
 )
 def test_bad_app_paths_say_what_is_wrong(sqlite_url: str, app: str, fragment: str) -> None:

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from zart_ref import Registry, RetryPolicy, current_task
+from zart_ref import Registry, RetryPolicy, current_task, step, wait_for_event
+from zart_ref import sleep as durable_sleep
 
 from .eventlog import EventLog
 
@@ -74,7 +75,7 @@ async def _observed(payload: dict[str, Any], body: Any) -> Any:
 
 
 @registry.task("sleep", retry=RetryPolicy(max_attempts=1000, base_delay=0.1, max_delay=1.0))
-async def sleep(payload: dict[str, Any]) -> Any:
+async def sleep_task(payload: dict[str, Any]) -> Any:
     """Wait ``ms`` without blocking the worker: heartbeats and cancellation work meanwhile."""
 
     async def body() -> None:
@@ -130,5 +131,34 @@ async def echo(payload: Any) -> Any:
 
     async def body() -> Any:
         return payload
+
+    return await _observed(payload, body())
+
+
+@registry.workflow("steps", retry=RetryPolicy(max_attempts=1000, base_delay=0.1, max_delay=1.0))
+async def steps(payload: dict[str, Any]) -> Any:
+    """A durable workflow: ``steps`` steps of ``ms`` each, an optional durable ``sleep_ms``
+    after step ``sleep_after``, and an optional wait for event ``wait_for`` (``wait_s``).
+
+    Each step logs step_start/step_end, so the checker can see a completed step run again.
+    """
+
+    async def one(index: int) -> int:
+        _record("step_start", step=index)
+        await asyncio.sleep(payload.get("ms", 0) / 1000 * _SCALE)
+        _record("step_end", step=index)
+        return index
+
+    async def body() -> Any:
+        done = []
+        for index in range(payload.get("steps", 1)):
+            done.append(await step(f"step-{index}", one, index))
+            if payload.get("sleep_after") == index:
+                await durable_sleep(f"nap-{index}", payload.get("sleep_ms", 0) / 1000 * _SCALE)
+        if "wait_for" in payload:
+            done.append(
+                await wait_for_event(payload["wait_for"], payload.get("wait_s", 30) * _SCALE)
+            )
+        return done
 
     return await _observed(payload, body())

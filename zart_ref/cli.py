@@ -4,25 +4,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import fields
+from datetime import datetime
 from typing import Any
 
 import click
 
 from .backend import Backend
+from .client import Client, UnknownExecution
 from .config import PoolConfig, WorkerConfig
-from .errors import ConfigError, DatabaseUnavailable, ZartError
+from .errors import ConfigError, DatabaseUnavailable, PayloadError, ZartError
 from .health import HealthServer
 from .importing import load_object
+from .payload import parse_json_argument, require_aware
 from .registry import Registry
 from .urls import normalize_url
 from .worker import Worker
 
-EXIT_USAGE = 2
+# Exit codes, distinct so scripts and agents can branch on them.
+EXIT_OK = 0
+EXIT_FAILED = 1  # wait: the execution ended failed or cancelled
+EXIT_USAGE = 2  # bad arguments, JSON, URL, app path
+EXIT_UNAVAILABLE = 3  # the database could not be reached
+EXIT_TIMEOUT = 4  # wait: still not finished after --timeout
+EXIT_UNKNOWN = 5  # no execution with that id
 log = logging.getLogger("zart.cli")
 
 database_url = click.option(
@@ -58,12 +68,15 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a coroutine, turning zart's own errors into one clear line and a non-zero exit."""
     try:
         asyncio.run(coro_factory())
-    except ConfigError as exc:
+    except (ConfigError, PayloadError) as exc:
         click.echo(f"zart: error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     except DatabaseUnavailable as exc:
         click.echo(f"zart: error: {exc}", err=True)
-        sys.exit(3)
+        sys.exit(EXIT_UNAVAILABLE)
+    except UnknownExecution as exc:
+        click.echo(f"zart: error: {exc}", err=True)
+        sys.exit(EXIT_UNKNOWN)
     except ZartError as exc:
         click.echo(f"zart: error: {exc}", err=True)
         sys.exit(1)
@@ -186,6 +199,161 @@ def worker(
             await backend.close()
 
     _run(go)
+
+
+def _client(database_url: str, schema: str | None) -> Client:
+    return Client.connect(database_url, schema=schema)
+
+
+def _echo_json(value: object) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"--at {text!r} is not an ISO 8601 time (e.g. 2026-12-24T18:00:00+00:00)"
+        ) from None
+    return require_aware(moment, what=f"--at {text!r}")
+
+
+@main.command()
+@click.argument("workflow")
+@click.option("--data", default="null", help="JSON payload (default null).")
+@click.option("--id", "execution_id", default=None, help="Execution id (idempotency key).")
+@click.option("--at", "at_text", default=None, help="Start time, ISO 8601 with a timezone.")
+@click.option("--app", "app_path", default=None, help="module:registry to check WORKFLOW against.")
+@database_url
+@schema
+def schedule(
+    workflow: str,
+    data: str,
+    execution_id: str | None,
+    at_text: str | None,
+    app_path: str | None,
+    database_url: str,
+    schema: str | None,
+) -> None:
+    """Start WORKFLOW; prints {"id", "created"} (created is false when the id existed)."""
+
+    async def go() -> None:
+        payload = parse_json_argument(data, what="--data")
+        at = _parse_time(at_text) if at_text else None
+        if app_path is not None:
+            registry = load_object(app_path, what="--app")
+            if workflow not in registry:
+                raise ConfigError(
+                    f"unknown workflow {workflow!r}; {app_path} has: {', '.join(registry.names)}"
+                )
+        async with _client(database_url, schema) as client:
+            await client.backend.migrate()
+            new_id, created = await client.start(workflow, payload, id=execution_id, at=at)
+        _echo_json({"id": new_id, "created": created})
+
+    _run(go)
+
+
+@main.command()
+@click.argument("execution_id")
+@database_url
+@schema
+def status(execution_id: str, database_url: str, schema: str | None) -> None:
+    """Print the status record of an execution as JSON."""
+
+    async def go() -> None:
+        async with _client(database_url, schema) as client:
+            _echo_json(await client.status(execution_id))
+
+    _run(go)
+
+
+@main.command()
+@click.argument("execution_id")
+@click.option("--timeout", type=float, required=True, help="Seconds to wait at most.")
+@database_url
+@schema
+def wait(execution_id: str, timeout: float, database_url: str, schema: str | None) -> None:
+    """Wait until the execution ends; exit 0 completed, 1 failed/cancelled, 4 timed out."""
+    show = sys.stderr.isatty()
+
+    def progress(record: dict[str, object]) -> None:
+        if show:
+            step_name = record["current_step"] or "-"
+            click.echo(
+                f"{record['status']}: step {step_name} ({record['steps_completed']} done)",
+                err=True,
+            )
+
+    async def go() -> None:
+        async with _client(database_url, schema) as client:
+            try:
+                record = await client.wait(execution_id, timeout, on_progress=progress)
+            except TimeoutError:
+                click.echo(f"zart: {execution_id} not finished after {timeout:g}s", err=True)
+                sys.exit(EXIT_TIMEOUT)
+        _echo_json(record)
+        sys.exit(EXIT_OK if record["status"] == "completed" else EXIT_FAILED)
+
+    _run(go)
+
+
+@main.command()
+@click.argument("execution_id")
+@click.argument("name")
+@click.option("--data", default="null", help="JSON data of the event.")
+@database_url
+@schema
+def event(execution_id: str, name: str, data: str, database_url: str, schema: str | None) -> None:
+    """Deliver event NAME to an execution (once per name)."""
+
+    async def go() -> None:
+        payload = parse_json_argument(data, what="--data")
+        async with _client(database_url, schema) as client:
+            delivered = await client.event(execution_id, name, payload)
+        _echo_json({"id": execution_id, "event": name, "delivered": delivered})
+        if not delivered:
+            click.echo(f"zart: event {name!r} was already delivered to {execution_id}", err=True)
+            sys.exit(EXIT_FAILED)
+
+    _run(go)
+
+
+@main.command()
+@click.argument("execution_id")
+@database_url
+@schema
+def cancel(execution_id: str, database_url: str, schema: str | None) -> None:
+    """Cancel an execution; a running one stops at its worker's next heartbeat."""
+
+    async def go() -> None:
+        async with _client(database_url, schema) as client:
+            _echo_json({"id": execution_id, "status": await client.cancel(execution_id)})
+
+    _run(go)
+
+
+@main.command("list")
+@click.option("--status", "status_filter", default=None, help="Only executions in this status.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@database_url
+@schema
+def list_executions(
+    status_filter: str | None, limit: int, database_url: str, schema: str | None
+) -> None:
+    """List recent executions as JSON."""
+
+    async def go() -> None:
+        async with _client(database_url, schema) as client:
+            _echo_json(await client.list(status_filter, limit))
+
+    _run(go)
+
+
+def worker_main() -> None:
+    """``zart-worker``: the sidecar entry point, the same as ``zart worker``."""
+    main(["worker", *sys.argv[1:]])
 
 
 if __name__ == "__main__":
