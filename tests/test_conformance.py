@@ -59,6 +59,7 @@ MUTANTS = [
     ("SlowHeartbeat", "long-task-heartbeat", ("evidence reexecuted", "evidence lease_lost")),
     ("NoRequeue", "shutdown-requeue", ("evidence requeued_before_expiry",)),
     ("NoStatementTimeouts", "partition", ("evidence max_db_call_ms",)),
+    ("ForgetfulSteps", "step-memoization-crash", ("ran again after it completed",)),
 ]
 
 

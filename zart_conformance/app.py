@@ -153,6 +153,7 @@ async def steps(payload: dict[str, Any]) -> Any:
         done = []
         for index in range(payload.get("steps", 1)):
             done.append(await step(f"step-{index}", one, index))
+            _record("step_done", step=index)  # persisted (run now, or replayed from storage)
             if payload.get("sleep_after") == index:
                 await durable_sleep(f"nap-{index}", payload.get("sleep_ms", 0) / 1000 * _SCALE)
         if "wait_for" in payload:

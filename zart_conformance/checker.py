@@ -55,6 +55,7 @@ COUNTERS: dict[str, str] = {
     "max_pickup_ms": "slowest pickup of a task scheduled mid-run (schedule to handler start), ms",
     "listener_lost": "times a worker's LISTEN connection dropped or stopped answering",
     "listener_resubscribed": "times a worker's listener subscribed again after a drop",
+    "steps_replayed": "completed steps a later run returned from storage without running",
 }
 
 
@@ -247,6 +248,7 @@ def check(
     _requeue_and_retries(history, by_task, ev, v)
     _resources(history, ev)
     _network(history, ev)
+    _steps(history, ev, v)
     ev["failed_final"] = sum(1 for s in final.values() if s == "failed")
     verdict.evidence = dict(ev)
     for name, bound in (expect_min or {}).items():
@@ -378,3 +380,19 @@ def _network(history: History, ev: Counter[str]) -> None:
             seen_unready.add(event["target"])
         elif event["target"] in seen_unready:
             ev["health_ready_again"] += 1
+
+
+def _steps(history: History, ev: Counter[str], v: list[str]) -> None:
+    """A step that completed (persisted) must never run again; replays return it."""
+    done: set[tuple[str, int]] = set()
+    started: set[tuple[str, str, int]] = set()
+    for event in history.of("step_start", "step_done"):
+        key = (event["task"], event["step"])
+        if event["kind"] == "step_start":
+            started.add((event["task"], event["token"], event["step"]))
+            if key in done:
+                v.append(f"task {key[0]!r}: step {key[1]} ran again after it completed")
+            continue
+        if (event["task"], event["token"], event["step"]) not in started:
+            ev["steps_replayed"] += 1
+        done.add(key)

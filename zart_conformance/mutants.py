@@ -139,6 +139,13 @@ class NoStatementTimeouts(SQLBackend):
         super().__init__(url, pool=unbounded, schema=schema)
 
 
+class ForgetfulSteps(SQLBackend):
+    """Breaks C6.1: completed steps are stored but never found, so a replay runs them again."""
+
+    async def get_step(self, execution_id: str, name: str) -> tuple[bool, Any]:
+        return False, None
+
+
 # Each mutant and the clause it breaks; tests/test_conformance.py names the scenario that
 # must catch it.
 MUTANTS = {
@@ -149,10 +156,12 @@ MUTANTS = {
     "SlowHeartbeat": "C4.1 heartbeat at lease/3",
     "NoRequeue": "C7 graceful shutdown requeue",
     "NoStatementTimeouts": "C8.3 bounded database calls",
+    "ForgetfulSteps": "C6.1 step memoization",
 }
 __all__ = [
     "MUTANTS",
     "AppClockLeases",
+    "ForgetfulSteps",
     "NoRequeue",
     "NoStatementTimeouts",
     "NonAtomicClaim",

@@ -67,6 +67,8 @@ TRIGGER_EVENTS = {
     "worker_stopped",
     "listening",
     "listen_lost",
+    "step_done",
+    "suspended",
 }
 _POOL_TIME_FIELDS = {"acquire_timeout", "connect_timeout", "statement_timeout"}
 _TIME_FIELDS = {f.name for f in fields(WorkerConfig)} - {
