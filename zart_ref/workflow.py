@@ -106,16 +106,22 @@ async def step(
     return result
 
 
+async def _marked_time(backend: DurableBackend, lease: Lease, key: str, seconds: float) -> datetime:
+    """The instant stored under step ``key``, set to DB now + ``seconds`` on the first run, so
+    a replay keeps the sleep's wake time or the wait's deadline of the run that began it."""
+    found, marker = await backend.get_step(lease.task_id, key)
+    if found:
+        return datetime.fromisoformat(marker["at"])
+    moment = await backend.now() + timedelta(seconds=seconds)
+    await backend.save_step(lease, key, {"at": moment.isoformat()})
+    return moment
+
+
 async def sleep(name: str, seconds: float) -> None:
     """Sleep durably: the execution is rescheduled at the wake time (database clock) and
     holds no worker slot meanwhile; a restart during the sleep wakes on time."""
     backend, lease = _execution()
-    found, marker = await backend.get_step(lease.task_id, f"{name}#sleep")
-    if not found:
-        wake = await backend.now() + timedelta(seconds=seconds)
-        await backend.save_step(lease, f"{name}#sleep", {"wake_at": wake.isoformat()})
-    else:
-        wake = datetime.fromisoformat(marker["wake_at"])
+    wake = await _marked_time(backend, lease, f"{name}#sleep", seconds)
     if await backend.now() < wake:
         raise Suspend(run_at=wake)
 
@@ -130,12 +136,7 @@ async def wait_for_event(name: str, timeout: float) -> Any:  # noqa: ASYNC109 - 
     found, data = await backend.get_event(lease.task_id, name)
     if found:
         return data
-    present, marker = await backend.get_step(lease.task_id, f"{name}#wait")
-    if not present:
-        deadline = await backend.now() + timedelta(seconds=timeout)
-        await backend.save_step(lease, f"{name}#wait", {"deadline": deadline.isoformat()})
-    else:
-        deadline = datetime.fromisoformat(marker["deadline"])
+    deadline = await _marked_time(backend, lease, f"{name}#wait", timeout)
     if await backend.now() >= deadline:
         raise EventTimeout(f"no event {name!r} for execution {lease.task_id} within {timeout:g}s")
     raise Suspend(run_at=deadline, waiting_for=name)
