@@ -157,6 +157,7 @@ async def steps(payload: dict[str, Any]) -> Any:
             if payload.get("sleep_after") == index:
                 await durable_sleep(f"nap-{index}", payload.get("sleep_ms", 0) / 1000 * _SCALE)
         if "wait_for" in payload:
+            _record("wait_begin", name=payload["wait_for"])
             done.append(
                 await wait_for_event(payload["wait_for"], payload.get("wait_s", 30) * _SCALE)
             )

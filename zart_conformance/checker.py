@@ -56,6 +56,10 @@ COUNTERS: dict[str, str] = {
     "listener_lost": "times a worker's LISTEN connection dropped or stopped answering",
     "listener_resubscribed": "times a worker's listener subscribed again after a drop",
     "steps_replayed": "completed steps a later run returned from storage without running",
+    "events_before_wait": "executions that got their event before they reached the wait",
+    "cancelled_in_flight": "executions running a step when they were cancelled",
+    "woke_after_suspend": "suspended executions claimed again at or after their wake time",
+    "max_wake_lateness_ms": "latest claim after a wake time (database clock), ms",
 }
 
 
@@ -87,6 +91,8 @@ class _Ownership:
 
 # Database clocks round: a retry a microsecond early is the clock, not the worker.
 _CLOCK_SLACK = timedelta(milliseconds=1)
+# A step may log its start just after the cancel committed if it passed its check just before.
+_SIGNAL_SLACK = 0.1
 
 
 def _ts(text: str) -> datetime:
@@ -142,7 +148,8 @@ def check(
             latest[(event["src"], item["id"])] = item["token"]
     completions: Counter[str] = Counter()
     terminal_failures: set[str] = set()
-    for event in history.of("completed", "failed", "released"):
+    # Every write that ends a run ends its ownership, whatever comes next.
+    for event in history.of("completed", "failed", "released", "suspended", "cancelled"):
         own = owners.get((event["task"], event["token"]))
         if own is not None:
             own.finished = _ts(event["at"])
@@ -249,6 +256,8 @@ def check(
     _resources(history, ev)
     _network(history, ev)
     _steps(history, ev, v)
+    _signals(history, ev, v)
+    _wakes(history, by_task, ev, v)
     ev["failed_final"] = sum(1 for s in final.values() if s == "failed")
     verdict.evidence = dict(ev)
     for name, bound in (expect_min or {}).items():
@@ -396,3 +405,52 @@ def _steps(history: History, ev: Counter[str], v: list[str]) -> None:
         if (event["task"], event["token"], event["step"]) not in started:
             ev["steps_replayed"] += 1
         done.add(key)
+
+
+def _group_faults(history: History, action: str) -> list[dict[str, Any]]:
+    return [f for f in history.of("fault") if f["action"] == action]
+
+
+def _signals(history: History, ev: Counter[str], v: list[str]) -> None:
+    """Events delivered before the wait; cancellations that stop what runs and start nothing."""
+    for fault in _group_faults(history, "event"):
+        prefix = f"{fault['params']['group']}-"
+        waits = {e["task"]: e["t"] for e in reversed(list(history.of("wait_begin")))}
+        ev["events_before_wait"] += sum(
+            1 for task, t in waits.items() if task.startswith(prefix) and t > fault["t"]
+        )
+    for fault in _group_faults(history, "cancel"):
+        prefix = f"{fault['params']['group']}-"
+        running: set[str] = set()
+        for event in history.of("step_start", "step_end"):
+            if event["task"].startswith(prefix) and event["t"] <= fault["t"]:
+                (running.add if event["kind"] == "step_start" else running.discard)(event["task"])
+        ev["cancelled_in_flight"] += len(running)
+        for event in history.of("step_start"):
+            if event["task"].startswith(prefix) and event["t"] > fault["t"] + _SIGNAL_SLACK:
+                v.append(
+                    f"task {event['task']!r}: step {event['step']} started after it was cancelled"
+                )
+
+
+def _wakes(
+    history: History, by_task: dict[str, list[_Ownership]], ev: Counter[str], v: list[str]
+) -> None:
+    """A suspended execution is claimed again no earlier than its wake time, and how late."""
+    for event in history.of("suspended"):
+        if not event.get("until"):
+            continue
+        until = _ts(event["until"])
+        mine = next((o for o in by_task.get(event["task"], []) if o.token == event["token"]), None)
+        later = [o for o in by_task.get(event["task"], []) if mine and o.start > mine.start]
+        if not later:
+            continue
+        claim = min(later, key=lambda o: o.start).start
+        if claim + _CLOCK_SLACK < until and event.get("waiting_for") is None:
+            v.append(
+                f"task {event['task']!r} was claimed at {claim.isoformat()}, before its wake time {event['until']}"
+            )
+            continue
+        ev["woke_after_suspend"] += 1
+        lateness = int((claim - until).total_seconds() * 1000)
+        ev["max_wake_lateness_ms"] = max(ev["max_wake_lateness_ms"], lateness)

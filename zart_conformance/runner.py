@@ -27,6 +27,7 @@ from zart_ref import Backend, NewTask, PoolConfig, WorkerConfig
 from zart_ref.importing import load_object
 from zart_ref.schema import TERMINAL
 from zart_ref.urls import normalize_url
+from zart_ref.workflow import DurableBackend
 
 from .backends import Descriptor
 from .checker import check
@@ -274,6 +275,17 @@ class _Run:
         # DONT_FAKE_MONOTONIC: the event log orders everything by the shared monotonic clock.
         return {"LD_PRELOAD": preload, "FAKETIME": offset, "DONT_FAKE_MONOTONIC": "1"}
 
+    async def signal(self, fault: Fault) -> None:
+        """Deliver an event to, or cancel, every execution of a workload group."""
+        backend = self.backend
+        if not isinstance(backend, DurableBackend):
+            raise RunError(f"fault {fault.id}: the backend cannot store events or cancel")
+        for task in self.groups[fault.params["group"]]:
+            if fault.action == "event":
+                await backend.deliver_event(task.id, fault.params["name"], fault.params.get("data"))
+            else:
+                await backend.request_cancel(task.id)
+
     async def setup_network(self) -> None:
         """Give each proxied worker a proxy of its own in front of the database."""
         plan = self.scenario.network
@@ -366,6 +378,8 @@ class _Run:
         elif fault.action == "schedule":
             assert self.backend is not None
             await self.backend.schedule(self.groups[fault.params["group"]])
+        elif fault.action in ("event", "cancel"):
+            await self.signal(fault)
         elif fault.action in NETWORK_ACTIONS:
             assert self.network is not None
             if fault.action in ("heal", "up"):

@@ -34,6 +34,8 @@ ACTIONS = {
     "term": "SIGTERM the target worker (graceful shutdown)",
     "start": "start a new worker process under the target's name",
     "schedule": "schedule a workload group declared with at_start = false (params: group)",
+    "event": "deliver an event to every execution of a group (params: group, name, data)",
+    "cancel": "cancel every execution of a group (params: group)",
     # Network faults on the target's own proxy (see [network] proxied).
     "partition": "black-hole the target's database traffic both ways (timeout toxic, 0)",
     "latency": "delay the target's traffic both ways (params: latency, jitter in ms)",
@@ -44,6 +46,7 @@ ACTIONS = {
     "down": "disable the target's proxy: open connections closed, new ones refused",
     "up": "enable the target's proxy again",
 }
+_GROUP_ACTIONS = {"schedule", "event", "cancel"}
 LISTENER = ".listen"
 NETWORK_ACTIONS = {
     "partition",
@@ -68,7 +71,9 @@ TRIGGER_EVENTS = {
     "listening",
     "listen_lost",
     "step_done",
+    "step_start",
     "suspended",
+    "wait_begin",
 }
 _POOL_TIME_FIELDS = {"acquire_timeout", "connect_timeout", "statement_timeout"}
 _TIME_FIELDS = {f.name for f in fields(WorkerConfig)} - {
@@ -274,7 +279,7 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
         elif target not in names:
             raise fault.error("target", f"no worker named {target!r}; known: {sorted(names)}")
         params = dict(fault.table("params").data)
-        if params and action not in NETWORK_ACTIONS | {"schedule"}:
+        if params and action not in NETWORK_ACTIONS | _GROUP_ACTIONS:
             raise fault.error("params", f"only network actions take params, not {action!r}")
         if action == "schedule":
             later = {g.prefix for g in groups if not g.at_start}
@@ -282,6 +287,12 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
                 raise fault.error(
                     "params", f"schedule needs group = one of {sorted(later)} (at_start = false)"
                 )
+        if action in ("event", "cancel"):
+            prefixes = {g.prefix for g in groups}
+            if params.get("group") not in prefixes:
+                raise fault.error("params", f"{action} needs group = one of {sorted(prefixes)}")
+            if action == "event" and not isinstance(params.get("name"), str):
+                raise fault.error("params", "event needs name = the event's name")
         trigger = _trigger(fault.table("when"), faults, names)
         faults.append(Fault(fault_id, action, target, trigger, params))
         fault.done()

@@ -318,7 +318,7 @@ class Worker:
             return (
                 "suspend",
                 lambda: backend.suspend(lease, run_at, delay, waiting),
-                {"waiting_for": waiting},
+                {"waiting_for": waiting, "until": run_at.isoformat() if run_at else None},
             )
         except CancelRequested:
             return "cancel", lambda: backend.finish_cancelled(lease), {}
