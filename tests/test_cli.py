@@ -128,3 +128,14 @@ def test_embedded_example_runs(db: Target) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == ["hello, ada", "hello, grace", "hello, barbara"]
+
+
+def test_zart_worker_is_the_sidecar_entry_point() -> None:
+    code = "import sys; sys.argv = ['zart-worker', '--help']; from zart_ref.cli import worker_main; worker_main()"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "Run a worker until SIGTERM or SIGINT" in result.stdout and "--health-port" in result.stdout
+    )
