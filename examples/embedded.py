@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import uuid
 
 from zart_ref import NewTask, Registry, SQLBackend, Worker, WorkerConfig
 
@@ -26,7 +27,8 @@ async def main() -> None:
     backend = SQLBackend(url, schema=os.environ.get("ZART_SCHEMA") or None)
     await backend.migrate()
     names = ["ada", "grace", "barbara"]
-    await backend.schedule([NewTask(f"greet-{n}", "greet", {"name": n}) for n in names])
+    run = uuid.uuid4().hex[:8]  # ids are idempotency keys: a second run needs its own
+    await backend.schedule([NewTask(f"greet-{n}-{run}", "greet", {"name": n}) for n in names])
 
     # Lifecycle events tell the application when its tasks are done, without polling.
     completed: set[str] = set()
@@ -45,8 +47,8 @@ async def main() -> None:
         # The application's own work goes here; this example just waits for its tasks.
         await all_done.wait()
     for name in names:
-        record = await backend.get(f"greet-{name}")
-        print(record.result if record else f"greet-{name} missing")
+        record = await backend.get(f"greet-{name}-{run}")
+        print(record.result if record else f"greet-{name}-{run} missing")
     await backend.close()
 
 

@@ -226,3 +226,15 @@ def test_expected_evidence_bounds(bounds: dict[str, dict[str, int]], unmet: list
     assert verdict.violations == []
     assert [u.split(" (")[0] for u in verdict.unmet] == unmet
     assert verdict.ok == (not unmet)
+
+
+def test_an_owner_that_died_mid_write_cannot_convict_its_successor() -> None:
+    # w0 began its final write (it may have committed) and was killed before logging the result:
+    # w1's claim inside w0's lease is then no proof of overlap.
+    log = Log().claim("w0", 0, "a", lease=10)
+    log.add("writing", "w0", 1, task="a", token="a-w0", operation="fail")
+    verdict = log.claim("w1", 2, "a").finish("w1", 3, "a").check("a")
+    assert verdict.violations == []
+    # With the write's outcome logged (fenced here), the overlap is judged as before.
+    log.add("lease_lost", "w0", 1.5, task="a", token="a-w0", operation="fail")
+    assert any("overlapping owners" in v for v in log.check("a").violations)

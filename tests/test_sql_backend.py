@@ -180,3 +180,29 @@ async def test_schemas_isolate_tasks(server: str) -> None:
             await b.close()
         for target in targets:
             await target.drop()
+
+
+async def test_a_repeated_id_in_one_call_is_created_once(backend: SQLBackend) -> None:
+    tasks = [NewTask("same", "noop", {"v": 1}), NewTask("same", "noop", {"v": 2})]
+    assert await backend.schedule(tasks) == [True, False]
+    record = await backend.get("same")
+    assert record is not None and record.payload == {"v": 1}
+
+
+@pytest.mark.parametrize(
+    ("task", "fragment"),
+    [
+        (NewTask("x" * 256, "noop"), "at most 255 fit"),
+        (NewTask("trailing ", "noop"), "trailing white space"),
+        (NewTask("", "noop"), "non-empty string"),
+        (NewTask("ok", ""), "handler name of task 'ok' must be a non-empty string"),
+        (NewTask("ok", "noop", delay=float("nan")), "finite number"),
+        (NewTask("ok", "noop", {"s": "\ud800"}), "lone surrogate"),
+    ],
+)
+async def test_ids_names_and_delays_every_backend_cannot_keep_are_refused(
+    backend: SQLBackend, task: NewTask, fragment: str
+) -> None:
+    with pytest.raises(PayloadError, match=fragment):
+        await backend.schedule([task])
+    assert await backend.count_by_status() == {}

@@ -43,3 +43,8 @@ def test_password_never_appears_in_errors_or_redacted_text() -> None:
     assert "tiger-secret" not in redact("postgresql://scott:tiger-secret@h:5432/db")
     assert "***" in redact("postgresql://scott:tiger-secret@h:5432/db")
     assert "tiger-secret" not in redact("weird://scott:tiger-secret@h:5432/db?x=%zz")
+
+
+def test_libpq_sslmode_becomes_asyncpg_ssl() -> None:
+    url = normalize_url("postgresql://u@h/db?sslmode=require")
+    assert url.query == {"ssl": "require"}

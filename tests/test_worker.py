@@ -229,3 +229,54 @@ def test_defaults_are_those_of_the_original_docs() -> None:
     assert (config.max_concurrent_tasks, config.shutdown_timeout) == (16, 30.0)
     assert config.heartbeat_every == config.lease_duration / 3
     assert (pool.max_connections, pool.min_connections, pool.acquire_timeout) == (20, 2, 30.0)
+
+
+async def test_a_result_that_cannot_be_stored_fails_the_task_once() -> None:
+    registry, backend = Registry(), InMemoryBackend()
+
+    @registry.task()
+    async def bad(payload: None) -> float:
+        return float("nan")
+
+    recorder = Recorder(registry)
+    await backend.schedule([NewTask("t", "bad")])
+    async with Worker(backend, registry, FAST):
+        await recorder.wait(lambda: bool(recorder.of("failed")))
+    record = await backend.get("t")
+    assert record is not None and (record.status, record.attempts) == ("failed", 1)
+    assert "result of task 't' is nan" in (record.error or "")
+
+
+async def test_a_task_claimed_past_its_max_attempts_gives_up() -> None:
+    registry, backend = Registry(), InMemoryBackend()
+    ran: list[int] = []
+
+    @registry.task(retry=RetryPolicy(max_attempts=2))
+    async def crashy(payload: None) -> None:
+        ran.append(1)
+
+    recorder = Recorder(registry)
+    await backend.schedule([NewTask("t", "crashy")])
+    # Two earlier claims whose workers died (their leases expired, nothing was written).
+    for _ in range(2):
+        await backend.claim("dead", 1, 0)
+        await backend.recover_orphans()
+    async with Worker(backend, registry, FAST):
+        await recorder.wait(lambda: bool(recorder.of("failed")))
+    record = await backend.get("t")
+    assert record is not None and record.status == "failed" and not ran
+    assert "gave up after 2 attempts" in (record.error or "")
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"lease_duration": 3, "heartbeat_interval": 2}, "at most lease_duration / 3"),
+        ({"lease_duration": float("inf")}, "lease_duration must be a positive number"),
+        ({"poll_interval": float("nan")}, "poll_interval must be a positive number"),
+        ({"lease_duration": 1e12}, "at most 604800"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused(settings: dict[str, float], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        WorkerConfig(**settings)  # type: ignore[arg-type]

@@ -38,6 +38,11 @@ def load_descriptor(path: Path) -> Descriptor:
     isolation = top.str("isolation")
     if isolation not in ISOLATIONS:
         raise top.error("isolation", f"expected one of {sorted(ISOLATIONS)}, got {isolation!r}")
+    fitting = {"sqlite": "file", "postgresql": "schema", "mysql": "database"}[dialect]
+    if isolation != fitting:
+        raise top.error(
+            "isolation", f"{dialect} runs are isolated by {fitting!r}, not {isolation!r}"
+        )
     provision = top.table("provision")
     url_env = provision.str("url_env", required=dialect != "sqlite")
     image = provision.str("container_image", required=False)

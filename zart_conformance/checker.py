@@ -83,6 +83,9 @@ class _Ownership:
     lease_end: datetime
     finished: datetime | None = None
     outcome: str | None = None
+    # A final write was attempted and its result never logged (the owner died): it may have
+    # landed at any moment, so the span's end is unknown and it cannot convict a successor.
+    uncertain: bool = False
 
     @property
     def end(self) -> datetime:
@@ -161,6 +164,17 @@ def check(
         if event["kind"] == "released":
             ev["released"] += 1
 
+    answered = {
+        (e["task"], e["token"])
+        for e in history.of(
+            "completed", "failed", "released", "suspended", "cancelled", "lease_lost"
+        )
+    }
+    for event in history.of("writing"):
+        key = (event["task"], event["token"])
+        if key in owners and key not in answered:
+            owners[key].uncertain = True
+
     by_task: dict[str, list[_Ownership]] = defaultdict(list)
     for own in owners.values():
         by_task[own.task].append(own)
@@ -181,8 +195,9 @@ def check(
                 )
                 continue
             # Compare with the earlier owner whose lease reaches furthest.
-            before = max(earlier, key=lambda o: o.end)
-            if after.start < before.end:
+            judged = [o for o in earlier if not o.uncertain]
+            before = max(judged, key=lambda o: o.end) if judged else None
+            if before is not None and after.start < before.end:
                 v.append(
                     f"task {task!r}: {after.worker} claimed it at {after.start.isoformat()} "
                     f"while {before.worker} held a valid lease until {before.end.isoformat()} "

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from zart_ref.errors import ConfigError
 
@@ -20,7 +21,8 @@ from .runner import RunOptions, ScenarioResult
 from .scenario import load_all
 from .suite_runner import new_seed, run_suite
 
-console = Console(stderr=False, highlight=False)
+# Markup off: messages carry user text ([sequential], [containers]) that is not markup.
+console = Console(stderr=False, highlight=False, markup=False)
 MAX_LISTED = 12
 
 
@@ -32,10 +34,15 @@ def main() -> None:
 @main.command("list")
 def list_scenarios() -> None:
     """List the shipped scenarios with their clauses and requirements."""
-    for scenario in load_all(scenarios_dir()):
+    try:
+        scenarios = load_all(scenarios_dir())
+    except ConfigError as exc:
+        console.print(f"zart-conformance: error: {exc}", style="red")
+        sys.exit(2)
+    for scenario in scenarios:
         needs = ", ".join(scenario.requires) or "-"
         console.print(
-            f"[bold]{scenario.id}[/]  {scenario.title}  (clauses {', '.join(scenario.clauses)}; needs {needs})"
+            f"{scenario.id}  {scenario.title}  (clauses {', '.join(scenario.clauses)}; needs {needs})"
         )
 
 
@@ -71,14 +78,14 @@ def run(
         if factory:
             descriptor = descriptor.with_factory(factory)
         console.print(
-            f"zart-conformance: backend [bold]{descriptor.name}[/] ({descriptor.factory}), seed {seed}"
+            f"zart-conformance: backend {descriptor.name} ({descriptor.factory}), seed {seed}"
         )
         options = RunOptions(
             seed=seed, keep=keep, progress=lambda text: console.print(f"  {text}", style="dim")
         )
         how, results = asyncio.run(run_suite(descriptor, scenario_ids, options))
     except ConfigError as exc:
-        console.print(f"[red]zart-conformance: error:[/] {exc}", markup=True)
+        console.print(f"zart-conformance: error: {exc}", style="red")
         sys.exit(2)
     console.print(f"server: {how}")
     print_results(results)
@@ -112,7 +119,7 @@ def print_results(results: list[ScenarioResult]) -> None:
             evidence = ", ".join(f"{k}={result.evidence.get(k, 0)}" for k in result.checked)
         table.add_row(
             result.scenario,
-            f"[{style[result.outcome]}]{result.outcome}[/]",
+            Text(result.outcome, style=style[result.outcome]),
             f"{result.duration:.1f}s",
             evidence,
         )
@@ -121,7 +128,7 @@ def print_results(results: list[ScenarioResult]) -> None:
         if result.passed:
             continue
         console.print(
-            f"\n[red bold]FAILED {result.scenario}[/] on {result.backend} (seed {result.seed})"
+            f"\nFAILED {result.scenario} on {result.backend} (seed {result.seed})", style="red bold"
         )
         problems = result.violations + result.unmet
         for line in problems[:MAX_LISTED]:
@@ -129,7 +136,8 @@ def print_results(results: list[ScenarioResult]) -> None:
         if len(problems) > MAX_LISTED:
             console.print(f"  ... and {len(problems) - MAX_LISTED} more (all in result.json)")
         console.print(f"  run directory: {result.run_dir}")
-        console.print(f"  replay: {result.replay}", markup=False)
+        # Never wrapped: the line must paste into a shell whole.
+        console.print(f"  replay: {result.replay}", soft_wrap=True)
 
 
 __all__ = ["COUNTERS", "main"]

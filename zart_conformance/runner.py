@@ -31,6 +31,7 @@ from zart_ref.workflow import DurableBackend
 
 from .backends import Descriptor
 from .checker import check
+from .data import scenarios_dir
 from .eventlog import EventLog, History, Tail
 from .network import Network, provision_network
 from .provision import Server, isolate
@@ -91,10 +92,12 @@ class ScenarioResult:
         return asdict(self)
 
 
-def replay_command(descriptor: Descriptor, scenario_id: str, seed: int) -> str:
+def replay_command(descriptor: Descriptor, scenario: Scenario, seed: int) -> str:
     shipped = descriptor.path.parent.name == "backends" and descriptor.path.stem == descriptor.name
     backend = descriptor.name if shipped else str(descriptor.path)
-    command = f"zart-conformance run --backend {backend} --scenario {scenario_id} --seed {seed}"
+    own_file = scenario.path.resolve().parent != scenarios_dir().resolve()
+    which = str(scenario.path) if own_file else scenario.id
+    command = f"zart-conformance run --backend {backend} --scenario {which} --seed {seed}"
     if descriptor.factory != "zart_ref.sql:SQLBackend":
         command += f" --factory {descriptor.factory}"
     return command
@@ -529,7 +532,7 @@ async def run_scenario(
     scenario: Scenario, descriptor: Descriptor, server: Server, options: RunOptions
 ) -> ScenarioResult:
     """Run ``scenario`` on ``descriptor``'s backend and judge it."""
-    replay = replay_command(descriptor, scenario.id, options.seed)
+    replay = replay_command(descriptor, scenario, options.seed)
     missing = [cap for cap in scenario.requires if cap not in descriptor.capabilities]
     if missing:
         return ScenarioResult(

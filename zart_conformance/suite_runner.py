@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 from .backends import Descriptor
 from .data import scenarios_dir
 from .provision import provision
 from .runner import RunOptions, ScenarioResult, run_scenario
-from .scenario import Scenario, load_all
+from .scenario import Scenario, load_all, load_scenario
 from .schema import DataError
 
 
@@ -17,14 +18,19 @@ def new_seed() -> int:
     return random.SystemRandom().randrange(1, 2**31)
 
 
+def _is_file(name: str) -> bool:
+    return name.endswith(".toml") or "/" in name
+
+
 def select(scenarios: Sequence[Scenario], ids: Sequence[str]) -> list[Scenario]:
+    """Shipped scenarios by id, and scenario files of the user's own by path."""
     if not ids:
         return list(scenarios)
     known = {s.id: s for s in scenarios}
-    unknown = [i for i in ids if i not in known]
+    unknown = [i for i in ids if not _is_file(i) and i not in known]
     if unknown:
         raise DataError(f"unknown scenario(s) {unknown}; known: {sorted(known)}")
-    return [known[i] for i in ids]
+    return [load_scenario(Path(i)) if _is_file(i) else known[i] for i in ids]
 
 
 async def run_suite(

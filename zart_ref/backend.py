@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
+
+from .errors import PayloadError
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,3 +122,19 @@ class Notifier(Protocol):
         Uses a connection of its own, outside the work pool, and subscribes again after it
         drops; ``on_state`` gets "listening" on each (re)subscription and "lost" on each drop.
         """
+
+
+def validate_new(tasks: Sequence[NewTask]) -> list[NewTask]:
+    """Check ids, names and delays before any write; keep the first task of a repeated id."""
+    from . import payload
+
+    first: dict[str, NewTask] = {}
+    for task in tasks:
+        payload.check_name(task.id, what="task id")
+        payload.check_name(task.name, what=f"handler name of task {task.id!r}")
+        if not math.isfinite(task.delay) or task.delay < 0:
+            raise PayloadError(
+                f"delay of task {task.id!r} must be a finite number >= 0, got {task.delay!r}"
+            )
+        first.setdefault(task.id, task)
+    return list(first.values())

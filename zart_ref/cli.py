@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import click
+from sqlalchemy.exc import DBAPIError
 
 from .backend import Backend
 from .client import Client, UnknownExecution
@@ -80,6 +81,11 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, None]]) -> None:
     except ZartError as exc:
         click.echo(f"zart: error: {exc}", err=True)
         sys.exit(1)
+    except (DBAPIError, OSError, ValueError, OverflowError) as exc:
+        # The database refused us (no such database or role), or a setting was unusable.
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        click.echo(f"zart: error: {type(exc).__name__}: {reason}", err=True)
+        sys.exit(EXIT_UNAVAILABLE if isinstance(exc, DBAPIError | OSError) else EXIT_USAGE)
 
 
 @click.group()
@@ -126,6 +132,19 @@ def _config_options(cls: type[Any], prefix: str = "") -> Callable[[Any], Any]:
         return fn
 
     return decorate
+
+
+async def _migrate_when_reachable(backend: Backend) -> None:
+    """A worker may start before its database: retry the migration instead of crash-looping."""
+    delay = 0.5
+    while True:
+        try:
+            await backend.migrate()
+            return
+        except DatabaseUnavailable as exc:
+            log.warning("zart: database not reachable yet, retrying in %.1fs: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 def _pick(cls: type[Any], values: dict[str, Any], prefix: str = "") -> Any:
@@ -183,7 +202,7 @@ def worker(
         )
         try:
             if run_migrate:
-                await backend.migrate()
+                await _migrate_when_reachable(backend)
             zart_worker = Worker(backend, registry, config, worker_id=worker_id)
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGTERM, signal.SIGINT):

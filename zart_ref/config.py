@@ -7,13 +7,21 @@ from typing import Any
 
 from .errors import ConfigError
 
+# A week: past this a duration is a typo (or inf), and datetime arithmetic overflows.
+_LONGEST = 7 * 24 * 3600.0
+
 
 def _positive(owner: object, *names: str) -> None:
     for name in names:
         value = getattr(owner, name)
-        if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not 0 < value <= _LONGEST
+        ):
             raise ConfigError(
-                f"{type(owner).__name__}.{name} must be a positive number, got {value!r}"
+                f"{type(owner).__name__}.{name} must be a positive number of at most "
+                f"{_LONGEST:g}, got {value!r}"
             )
 
 
@@ -39,6 +47,12 @@ class WorkerConfig:
         _positive(self, "max_tasks_per_poll", "max_concurrent_tasks")
         if self.heartbeat_interval is not None:
             _positive(self, "heartbeat_interval")
+            if self.heartbeat_interval > self.lease_duration / 3:
+                raise ConfigError(
+                    f"WorkerConfig.heartbeat_interval ({self.heartbeat_interval:g}) must be at "
+                    f"most lease_duration / 3 ({self.lease_duration / 3:g}), or leases lapse "
+                    "between heartbeats"
+                )
         if self.orphan_sweep_interval is not None:
             _positive(self, "orphan_sweep_interval")
 

@@ -31,8 +31,15 @@ def _check(value: Any, path: list[str | int], root: str) -> None:
         if "\x00" in value:
             raise PayloadError(
                 f"{_where(path, root)} contains a NUL character (\\x00) at index "
-                f"{value.index(chr(0))}; PostgreSQL text cannot store it."
+                f"{value.index(chr(0))}; not every database can store it (PostgreSQL cannot)."
             )
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise PayloadError(
+                f"{_where(path, root)} contains a lone surrogate at index {exc.start}; "
+                "it is not valid UTF-8 and no database stores it."
+            ) from None
         return
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
@@ -81,8 +88,29 @@ def require_aware(moment: datetime, *, what: str) -> datetime:
 
 def encode(value: JSON, *, what: str = "payload") -> str:
     """Serialize ``value`` for storage after checking that it round-trips exactly."""
+    try:
+        _check(value, [], what)
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except RecursionError:
+        raise PayloadError(f"{what} is nested too deeply to store") from None
+
+
+MAX_NAME = 255
+
+
+def check_name(value: object, *, what: str) -> str:
+    """Ids and handler names: what every backend stores and compares exactly."""
+    if not isinstance(value, str) or not value:
+        raise PayloadError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_NAME:
+        raise PayloadError(f"{what} is {len(value)} characters long; at most {MAX_NAME} fit")
+    if value != value.strip():
+        raise PayloadError(
+            f"{what} {value!r} has leading or trailing white space, which MySQL ignores "
+            "in comparisons; remove it"
+        )
     _check(value, [], what)
-    return json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return value
 
 
 def _reject_constant(name: str) -> Any:

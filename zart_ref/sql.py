@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import payload as payloads
-from .backend import ClaimedTask, Lease, NewTask, TaskRecord
+from .backend import ClaimedTask, Lease, NewTask, TaskRecord, validate_new
 from .config import PoolConfig
 from .dialects import Dialect, dialect_for
 from .errors import DatabaseUnavailable, LeaseLost
@@ -162,6 +162,7 @@ class SQLBackend(DurableSQL):
         return self.dialect.now_plus(task.delay) if task.delay else self.dialect.now()
 
     async def schedule(self, new: Sequence[NewTask]) -> list[bool]:
+        unique = validate_new(new)
         rows = [
             {
                 "id": task.id,
@@ -173,7 +174,7 @@ class SQLBackend(DurableSQL):
                 "created_at": self.dialect.now(),
                 "updated_at": self.dialect.now(),
             }
-            for task in new
+            for task in unique
         ]
 
         async def body(conn: AsyncConnection) -> set[str]:
@@ -186,7 +187,9 @@ class SQLBackend(DurableSQL):
             return created
 
         created = await self.run(body)
-        return [task.id in created for task in new]
+        # A repeated id within one call: only its first task can have been created.
+        chosen = {id(task) for task in unique}
+        return [task.id in created and id(task) in chosen for task in new]
 
     async def _insert_new(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
         """Insert rows whose id is new; returns the ids inserted."""
@@ -419,9 +422,12 @@ class SQLBackend(DurableSQL):
             # A keepalive finds half-open connections that would otherwise wait forever.
             check_every = min(5.0, self.pool.statement_timeout / 3)
             while not dropped.is_set():
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(dropped.wait(), check_every)
-                await asyncio.wait_for(conn.fetchval("SELECT 1"), self.pool.statement_timeout)
+                    async with asyncio.timeout(check_every):
+                        await dropped.wait()
+                async with asyncio.timeout(self.pool.statement_timeout):
+                    await conn.fetchval("SELECT 1")
             raise ConnectionResetError("listener connection closed")
         finally:
             conn.terminate()

@@ -52,6 +52,11 @@ def normalize_url(raw: str | URL) -> URL:
             f"expected one of: {', '.join(sorted(_ASYNC_DRIVERS))}"
         )
     url = url.set(drivername=driver)
+    if driver == "postgresql+asyncpg" and "sslmode" in url.query:
+        # libpq spells it sslmode; asyncpg takes the same values as ssl.
+        query = dict(url.query)
+        query["ssl"] = query.pop("sslmode")
+        url = url.set(query=query)
     if driver.startswith("sqlite") and not url.database:
         raise ConfigError(
             f"SQLite URL {redact(url)!r} names no file; expected sqlite:///path/to/file.db "

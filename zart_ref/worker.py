@@ -23,10 +23,11 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import DBAPIError
 
+from . import payload as payloads
 from .backend import Backend, ClaimedTask, Lease, Notifier
 from .config import WorkerConfig
 from .context import RunningTask, set_current
-from .errors import DatabaseUnavailable, LeaseLost, UnknownHandler
+from .errors import DatabaseUnavailable, LeaseLost, PayloadError, UnknownHandler, ZartError
 from .registry import Handler, Listener, Registry
 from .workflow import (
     CancelRequested,
@@ -50,6 +51,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 
 def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class GaveUp(ZartError):
+    """A task was claimed more often than its retry policy allows."""
 
 
 @dataclass
@@ -142,13 +147,16 @@ class Worker:
         finally:
             for task in background:
                 task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            # Bounded: a loop that ignored its cancellation must not keep the process alive.
+            await asyncio.wait(background, timeout=self.config.shutdown_timeout)
             # Only reached with tasks left if run() itself was cancelled: release them.
             await self._cancel_all("shutdown")
             self.emit("worker_stopped")
 
     def emit(self, kind: str, **data: Any) -> None:
         data["worker"] = self.worker_id
+        if kind in _LOGGED:
+            log.log(_LOGGED[kind], "zart: %s %s", kind, data)
         for listener in self._listeners:
             try:
                 listener(kind, data)
@@ -304,7 +312,14 @@ class Worker:
         backend: Any = self.backend
         try:
             handler = self.registry.get(task.name)
+            if task.attempt > handler.retry.max_attempts:
+                # Crashes and lost leases count too: a task that kills its workers stops here.
+                raise GaveUp(
+                    f"task {task.id} gave up after {task.attempt - 1} attempts "
+                    f"(max_attempts {handler.retry.max_attempts})"
+                )
             result = await self._call(handler, task, lease)
+            payloads.encode(result, what=f"result of task {task.id!r}")
         except asyncio.CancelledError:
             if running.cancel_reason == "shutdown":
                 return "release", lambda: backend.release(lease), {}
@@ -324,12 +339,20 @@ class Worker:
             return "cancel", lambda: backend.finish_cancelled(lease), {}
         except LeaseLost:
             return None  # a step write was fenced: another worker owns the execution now
-        except (UnknownHandler, EventTimeout, ExecutionTimeout) as exc:
+        except (UnknownHandler, EventTimeout, ExecutionTimeout, GaveUp, PayloadError) as exc:
             error = str(exc)
             return "fail", lambda: backend.fail(lease, error, None), {"retry_in": None}
         except Exception as exc:
             error = "".join(traceback.format_exception_only(exc)).strip()
             retry_in = handler.retry.delay_for(task.attempt)
+            log.warning(
+                "zart: task %s (%s) attempt %d failed; %s",
+                task.id,
+                task.name,
+                task.attempt,
+                f"retry in {retry_in:.1f}s" if retry_in is not None else "no retries left",
+                exc_info=exc,
+            )
             return "fail", lambda: backend.fail(lease, error, retry_in), {"retry_in": retry_in}
         return "complete", lambda: backend.complete(lease, result), {}
 
@@ -362,6 +385,9 @@ class Worker:
         """Perform a fenced write, retrying transient errors while our lease may still hold."""
         task = running.task
         failures = 0
+        # Logged before the write: if this process dies now, the checker knows the write may
+        # have landed, and does not judge the next owner by a lease that may have ended.
+        self.emit("writing", task=task.id, token=task.token, operation=operation)
         while True:
             began = time.monotonic()
             try:
@@ -384,6 +410,11 @@ class Worker:
                     return
                 await asyncio.sleep(_backoff(failures, self.config.heartbeat_every))
                 continue
+            except Exception as exc:
+                # Not transient, not ours to fix: leave the task to lease expiry, never hang.
+                log.exception("zart %s of task %s failed", operation, task.id)
+                self.emit("write_error", task=task.id, operation=operation, error=repr(exc)[:500])
+                return
             self._db_ok()
             kind = _DONE[operation]
             self.emit(kind, task=task.id, token=task.token, at=_iso(at), **extra)
@@ -418,8 +449,10 @@ class Worker:
     # -- helpers --------------------------------------------------------------------------
 
     async def _wait_for(self, event: asyncio.Event, seconds: float | None) -> None:
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await event.wait()
 
     def _db_ok(self) -> None:
         self._last_db_ok = time.monotonic()
@@ -432,6 +465,20 @@ class Worker:
         self.emit("db_error", operation=operation, error=error, elapsed=round(elapsed, 3))
 
 
+# Lifecycle events worth a log line, and at which level (-v shows INFO, -vv DEBUG).
+_LOGGED = {
+    "worker_started": logging.INFO,
+    "worker_stopping": logging.INFO,
+    "claimed": logging.DEBUG,
+    "completed": logging.DEBUG,
+    "failed": logging.INFO,
+    "released": logging.INFO,
+    "suspended": logging.DEBUG,
+    "cancelled": logging.INFO,
+    "lease_lost": logging.WARNING,
+    "listen_lost": logging.WARNING,
+    "write_error": logging.ERROR,
+}
 _DONE = {
     "complete": "completed",
     "fail": "failed",
