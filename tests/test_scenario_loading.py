@@ -129,6 +129,19 @@ WHEN = 'when = { event = "handler_start", worker = "w0" }'
 
 # (id, text to replace, replacement, fragments the message must contain besides the path)
 BAD_SCENARIOS = [
+    (
+        "param-typo",
+        "params = { ms = 1 }",
+        "params = { mss = 1 }",
+        ["workload[0].params.mss", "takes: ms"],
+    ),
+    (
+        "param-type",
+        "params = { ms = 1 }",
+        'params = { ms = "long" }',
+        ["workload[0].params.ms", "'long'"],
+    ),
+    ("param-nan", "params = { ms = 1 }", "params = { ms = nan }", ["workload[0].params.ms", "nan"]),
     ("invalid-toml", 'title = "Minimal"', 'title = "Minimal', ["not valid TOML", "line 2"]),
     ("missing-id", 'id = "mini"\n', "", ["missing required key 'id'"]),
     ("id-mismatch", 'id = "mini"', 'id = "other"', ["key 'id'", "'other'", "'mini.toml'"]),
@@ -214,6 +227,12 @@ def test_malformed_scenario_is_rejected(
             "",
             ["missing required key 'provision.url_env'"],
             id="postgres-without-url-env",
+        ),
+        pytest.param(
+            'isolation = "schema"',
+            'isolation = "file"',
+            ["'isolation'", "isolated by 'schema', not 'file'"],
+            id="isolation-of-another-dialect",
         ),
     ],
 )

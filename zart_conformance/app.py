@@ -18,6 +18,26 @@ from zart_ref import sleep as durable_sleep
 from .eventlog import EventLog
 
 registry = Registry()
+
+# The payload each handler understands: name -> (type, what it means). The scenario loader
+# checks workload params against it, so a typo fails at load instead of sleeping 0 ms.
+PARAMS: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
+    "sleep": {"ms": ((int, float), "milliseconds to wait")},
+    "block": {"ms": ((int, float), "milliseconds to stall the event loop")},
+    "flaky": {"fail_times": (int, "attempts that fail before one succeeds")},
+    "dbwork": {
+        "queries": (int, "database reads per task"),
+        "ms": ((int, float), "milliseconds between reads"),
+    },
+    "steps": {
+        "steps": (int, "number of steps"),
+        "ms": ((int, float), "milliseconds per step"),
+        "sleep_after": (int, "index of the step followed by a durable sleep"),
+        "sleep_ms": ((int, float), "milliseconds of that sleep"),
+        "wait_for": (str, "event name to wait for at the end"),
+        "wait_s": ((int, float), "seconds the wait may take"),
+    },
+}
 _SCALE = float(os.environ.get("ZART_TIME_SCALE", "1"))
 _log: EventLog | None = None
 

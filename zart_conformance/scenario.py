@@ -8,6 +8,7 @@ cannot run two worker processes at once (SQLite): the same fault, one process at
 from __future__ import annotations
 
 import copy
+import math
 import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from zart_ref.config import PoolConfig, WorkerConfig
 from zart_ref.errors import ConfigError
 
+from .app import PARAMS
 from .app import registry as app_registry
 from .checker import COUNTERS
 from .schema import DataError, Table, load_toml
@@ -222,7 +224,7 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
             raise group.error(
                 "handler", f"unknown handler {handler!r}; the kit has {app_registry.names}"
             )
-        params = group.table("params").data
+        params = _params(group.table("params"), handler)
         groups.append(
             TaskGroup(
                 count=group.int("count", minimum=1),
@@ -359,6 +361,27 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
 
 _OFFSET = re.compile(r"[+-]\d+(\.\d+)?[smhd]")
 _STATUSES = ("completed", "failed", "cancelled")
+
+
+def _params(table: Table, handler: str) -> dict[str, Any]:
+    """Check a group's params against what its handler reads (echo takes anything)."""
+    schema = PARAMS.get(handler)
+    if schema is None:
+        return dict(table.data)
+    for key, value in table.data.items():
+        if key not in schema:
+            known = ", ".join(f"{k} ({what})" for k, (_, what) in schema.items())
+            raise table.error(key, f"handler {handler!r} has no param {key!r}; it takes: {known}")
+        kind, what = schema[key]
+        bad_number = isinstance(value, float) and not math.isfinite(value)
+        if isinstance(value, bool) or not isinstance(value, kind) or bad_number:
+            raise table.error(key, f"expected {what} ({_type_name(kind)}), got {value!r}")
+    return dict(table.data)
+
+
+def _type_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join(k.__name__ for k in kinds)
 
 
 def _status(table: Table, key: str, default: str) -> str:
