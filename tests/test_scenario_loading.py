@@ -129,6 +129,7 @@ WHEN = 'when = { event = "handler_start", worker = "w0" }'
 
 # (id, text to replace, replacement, fragments the message must contain besides the path)
 BAD_SCENARIOS = [
+    ("clause-name", 'clauses = ["C1"]', 'clauses = ["banana"]', ["key 'clauses'", "'banana'"]),
     (
         "param-typo",
         "params = { ms = 1 }",

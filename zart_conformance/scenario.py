@@ -212,6 +212,11 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
     clauses = top.strings("clauses")
     if not clauses:
         raise top.error("clauses", "must name at least one contract clause (see docs/contract.md)")
+    for clause in clauses:
+        if not re.fullmatch(r"C\d+(\.\d+)?", clause):
+            raise top.error(
+                "clauses", f"{clause!r} is not a clause of docs/contract.md (C1 ... C12)"
+            )
     requires = top.strings("requires", allowed=set(CAPABILITIES))
     description = top.str("description", required=False, default="")
 
