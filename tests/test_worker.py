@@ -280,3 +280,41 @@ async def test_a_task_claimed_past_its_max_attempts_gives_up() -> None:
 def test_settings_that_cannot_work_are_refused(settings: dict[str, float], fragment: str) -> None:
     with pytest.raises(ConfigError, match=fragment):
         WorkerConfig(**settings)  # type: ignore[arg-type]
+
+
+class NotifyingBackend(InMemoryBackend):
+    """Delivers a wake-up while a claim is in flight: the claim's snapshot missed the task
+    that the notification announces."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on_work: Callable[[], None] | None = None
+        self.injected = False
+
+    async def listen(self, on_work: Callable[[], None], on_state: Callable[[str], None]) -> None:
+        self.on_work = on_work
+        on_state("listening")
+        on_work()  # as the SQL backend does on every subscription
+        await asyncio.Event().wait()
+
+    async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[Any]:
+        claimed = await super().claim(worker_id, limit, lease_seconds)
+        if self.on_work is not None and not self.injected:
+            self.injected = True
+            await super().schedule([NewTask("late", "noop")])
+            self.on_work()  # NOTIFY arrives after the snapshot, before the claim returns
+        return claimed
+
+
+async def test_a_wake_up_during_a_claim_is_not_lost() -> None:
+    registry, backend = Registry(), NotifyingBackend()
+
+    @registry.task()
+    async def noop(payload: None) -> None:
+        return None
+
+    recorder = Recorder(registry)
+    slow_poll = WorkerConfig(poll_interval=60, lease_duration=10)
+    async with Worker(backend, registry, slow_poll):
+        await recorder.wait(lambda: bool(recorder.of("completed")), seconds=10)
+    assert recorder.of("completed")[0]["task"] == "late"

@@ -176,6 +176,9 @@ class Worker:
                 continue
             limit = min(free, cfg.max_tasks_per_poll)
             sent = time.monotonic()
+            # Cleared before the claim, never after: a wake-up (NOTIFY, released work) that
+            # arrives while this claim is in flight must trigger another claim, not be lost.
+            self._wake.clear()
             try:
                 claimed = await self.backend.claim(self.worker_id, limit, cfg.lease_duration)
             except TRANSIENT as exc:
@@ -199,7 +202,6 @@ class Worker:
             for task in claimed:
                 self._start(task, sent)
             if len(claimed) < limit:
-                self._wake.clear()
                 await self._wait_for(self._wake, cfg.poll_interval)
 
     async def _heartbeat_loop(self) -> None:
