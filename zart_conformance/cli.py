@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from zart_ref.errors import ConfigError
+from zart_ref.errors import ConfigError, DatabaseUnavailable
 
 from .backends import resolve_descriptor
 from .checker import COUNTERS
@@ -87,6 +87,9 @@ def run(
     except ConfigError as exc:
         console.print(f"zart-conformance: error: {exc}", style="red")
         sys.exit(2)
+    except DatabaseUnavailable as exc:
+        console.print(f"zart-conformance: error: {exc}", style="red")
+        sys.exit(3)
     console.print(f"server: {how}")
     print_results(results)
     if json_path:
