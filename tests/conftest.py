@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -37,6 +38,21 @@ def server_url(backend: str) -> str:
             pytest.fail(message + "; CI must run every backend")
         pytest.skip(message)
     return url
+
+
+def worker_args(target: Target, *extra: str) -> list[str]:
+    """The command line of a real `zart worker` process on ``target`` with the kit's handlers."""
+    args = [
+        sys.executable,
+        "-m",
+        "zart_ref.cli",
+        "worker",
+        "--app",
+        "zart_conformance.app:registry",
+    ]
+    args += ["--database-url", target.url, "--poll-interval", str(0.1 * SCALE)]
+    args += ["--lease-duration", str(5 * SCALE), *extra]
+    return [*args, "--schema", target.schema] if target.schema else args
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], seconds: float = 30.0) -> None:

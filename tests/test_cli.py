@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SCALE, eventually
+from tests.conftest import SCALE, eventually, worker_args
 from zart_conformance.provision import Target
 from zart_ref import NewTask, SQLBackend
 
@@ -79,12 +79,10 @@ async def test_a_worker_process_runs_tasks_and_exits_zero_on_signal(
     backend = SQLBackend(url, schema=schema)
     await backend.migrate()
     await backend.schedule([NewTask(f"t{i}", "echo", {"i": i}) for i in range(5)])
-    args = [*ZART, "worker", "--app", "zart_conformance.app:registry", "--database-url", url]
-    args += ["--poll-interval", str(0.1 * SCALE), "--lease-duration", str(5 * SCALE)]
-    if schema:
-        args += ["--schema", schema]
     env = {**os.environ, "ZART_EVENT_DIR": str(tmp_path)}
-    process = await asyncio.create_subprocess_exec(*args, env=env, stderr=asyncio.subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        *worker_args(db), env=env, stderr=asyncio.subprocess.PIPE
+    )
     try:
 
         async def all_completed() -> bool:

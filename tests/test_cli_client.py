@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SCALE
+from tests.conftest import SCALE, worker_args
 from zart_conformance.provision import Target
 
 ZART = [sys.executable, "-m", "zart_ref.cli"]
@@ -30,9 +30,7 @@ def zart(target: Target, *args: str) -> subprocess.CompletedProcess[str]:
 def worker(db: Target, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "DATABASE_URL": db.url, "ZART_SCHEMA": db.schema or ""}
     env["ZART_EVENT_DIR"] = str(tmp_path)
-    args = [*ZART, "worker", "--app", "zart_conformance.app:registry"]
-    args += ["--poll-interval", str(0.1 * SCALE), "--lease-duration", str(5 * SCALE)]
-    process = subprocess.Popen(args, env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(worker_args(db), env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
     yield process
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=60) == 0

@@ -6,12 +6,11 @@ import asyncio
 import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 
-from tests.conftest import SCALE, eventually
+from tests.conftest import SCALE, eventually, worker_args
 from tests.test_worker import FAST, FlakyBackend
 from zart_conformance.provision import Target
 from zart_ref import NewTask, Registry, SQLBackend, Worker
@@ -38,17 +37,7 @@ async def test_worker_process_reports_ready_and_counts_its_work(db: Target, tmp_
     backend = SQLBackend(db.url, schema=db.schema)
     await backend.migrate()
     await backend.schedule([NewTask(f"t{i}", "echo", i) for i in range(4)])
-    args = [
-        sys.executable,
-        "-m",
-        "zart_ref.cli",
-        "worker",
-        "--app",
-        "zart_conformance.app:registry",
-    ]
-    args += ["--database-url", db.url, "--poll-interval", str(0.1 * SCALE), "--health-port", "0"]
-    if db.schema:
-        args += ["--schema", db.schema]
+    args = worker_args(db, "--health-port", "0")
     env = {**os.environ, "ZART_EVENT_DIR": str(tmp_path)}
     process = await asyncio.create_subprocess_exec(*args, env=env, stderr=asyncio.subprocess.PIPE)
     try:
