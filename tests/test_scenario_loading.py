@@ -21,6 +21,7 @@ SHIPPED_BACKENDS = sorted(backends_dir().glob("*.toml"))
 MINI = """\
 id = "mini"
 title = "Minimal"
+family = "leases"
 clauses = ["C1"]
 
 [[workload]]
@@ -189,6 +190,8 @@ BAD_SCENARIOS = [
         NL_CLAUSES + 'requires = ["teleport"]\n',
         ["'requires'", "'teleport'"],
     ),
+    ("unknown-family", 'family = "leases"', 'family = "lease"', ["'family'", "'lease'", "claims"]),
+    ("missing-family", 'family = "leases"\n', "", ["missing required key 'family'"]),
     ("nan-timeout", NL_CLAUSES, NL_CLAUSES + "timeout = nan\n", ["'timeout'", "got nan"]),
     ("nan-delay", WHEN, "when = { delay = nan }", ["'faults[0].when.delay'", "got nan"]),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -17,13 +18,24 @@ from zart_ref.errors import ConfigError, DatabaseUnavailable
 from .backends import resolve_descriptor
 from .checker import COUNTERS
 from .data import scenarios_dir
+from .ledger import updated_ledger
+from .report import write_report
 from .runner import RunOptions, ScenarioResult
 from .scenario import load_all
 from .suite_runner import new_seed, run_suite
+from .summary import backend_info, summary
+from .timeline import write_timeline
 
 # Markup off: messages carry user text ([sequential], [containers]) that is not markup.
 console = Console(stderr=False, highlight=False, markup=False)
 MAX_LISTED = 12
+OUTCOME_STYLE = {
+    "passed": "green",
+    "failed": "red",
+    "not_applicable": "yellow",
+    "expected_failure": "yellow",
+    "unexpected_pass": "red",
+}
 
 
 @click.group()
@@ -73,6 +85,7 @@ def run(
 ) -> None:
     """Run the suite (or some scenarios) against one backend."""
     seed = seed if seed is not None else new_seed()
+    began = time.monotonic()
     try:
         descriptor = resolve_descriptor(backend)
         if factory:
@@ -83,29 +96,63 @@ def run(
         options = RunOptions(
             seed=seed, keep=keep, progress=lambda text: console.print(f"  {text}", style="dim")
         )
-        how, results = asyncio.run(run_suite(descriptor, scenario_ids, options))
+        suite, results = asyncio.run(run_suite(descriptor, scenario_ids, options))
     except ConfigError as exc:
         console.print(f"zart-conformance: error: {exc}", style="red")
         sys.exit(2)
     except DatabaseUnavailable as exc:
         console.print(f"zart-conformance: error: {exc}", style="red")
         sys.exit(3)
-    console.print(f"server: {how}")
+    console.print(f"server: {suite.server.how} ({suite.probe.server_version})")
+    for cap in suite.probe.undeclared(descriptor.capabilities):
+        console.print(f"note: the probe found {cap}, which the descriptor does not declare")
     print_results(results)
+    if any(r.outcome == "unexpected_pass" for r in results):
+        console.print("\nThe ledger is out of date. Updated ledger:", style="yellow")
+        console.print(updated_ledger(descriptor.expected_failures, results), soft_wrap=True)
     if json_path:
-        json_path.write_text(
-            json.dumps(
-                {
-                    "seed": seed,
-                    "backend": descriptor.name,
-                    "server": how,
-                    "results": [r.to_json() for r in results],
-                },
-                indent=2,
-            )
+        data = summary(
+            backend_info(descriptor),
+            seed=seed,
+            server=suite.server.how,
+            probe=suite.probe.to_json(),
+            results=[r.to_json() for r in results],
+            wall_time=time.monotonic() - began,
         )
+        json_path.write_text(json.dumps(data, indent=2))
     if not all(r.passed for r in results):
         sys.exit(1)
+
+
+@main.command()
+@click.argument("summaries", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path(".zart-runs/report"),
+    show_default=True,
+    help="Directory for report.md and timelines/.",
+)
+def report(summaries: tuple[Path, ...], out: Path) -> None:
+    """Merge JSON summaries (run --json, pytest --zart-report) into a Markdown matrix."""
+    try:
+        path = write_report(summaries, out)
+    except ConfigError as exc:
+        console.print(f"zart-conformance: error: {exc}", style="red")
+        sys.exit(2)
+    console.print(f"report: {path}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="SVG path.")
+def timeline(run_dir: Path, out: Path | None) -> None:
+    """Draw one run's timeline (the run directory a failure prints) as SVG."""
+    if not (run_dir / "events").is_dir():
+        console.print(f"zart-conformance: error: {run_dir} has no events/ directory", style="red")
+        sys.exit(2)
+    path = write_timeline(run_dir, out or run_dir / "timeline.svg", run_dir.name)
+    console.print(f"timeline: {path}")
 
 
 def print_results(results: list[ScenarioResult]) -> None:
@@ -114,15 +161,14 @@ def print_results(results: list[ScenarioResult]) -> None:
     table.add_column("outcome")
     table.add_column("time", justify="right")
     table.add_column("evidence")
-    style = {"passed": "green", "failed": "red", "not_applicable": "yellow"}
     for result in results:
-        if result.outcome == "not_applicable":
+        if result.reason:
             evidence = result.reason
         else:
             evidence = ", ".join(f"{k}={result.evidence.get(k, 0)}" for k in result.checked)
         table.add_row(
             result.scenario,
-            Text(result.outcome, style=style[result.outcome]),
+            Text(result.outcome, style=OUTCOME_STYLE[result.outcome]),
             f"{result.duration:.1f}s",
             evidence,
         )
@@ -131,9 +177,11 @@ def print_results(results: list[ScenarioResult]) -> None:
         if result.passed:
             continue
         console.print(
-            f"\nFAILED {result.scenario} on {result.backend} (seed {result.seed})", style="red bold"
+            f"\n{result.outcome.upper()} {result.scenario} on {result.backend} (seed {result.seed})",
+            style="red bold",
         )
-        problems = result.violations + result.unmet
+        problems = [result.reason] if result.reason else []
+        problems += result.violations + result.unmet
         for line in problems[:MAX_LISTED]:
             console.print(f"  - {line}", markup=False)
         if len(problems) > MAX_LISTED:

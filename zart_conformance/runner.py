@@ -24,12 +24,13 @@ from typing import Any
 import aiohttp
 
 from zart_ref import Backend, NewTask, PoolConfig, WorkerConfig
+from zart_ref.errors import ConfigError
 from zart_ref.importing import load_object
 from zart_ref.schema import TERMINAL
 from zart_ref.urls import normalize_url
 from zart_ref.workflow import DurableBackend
 
-from .backends import Descriptor
+from .backends import Descriptor, resolve_descriptor
 from .checker import check
 from .data import scenarios_dir
 from .eventlog import EventLog, History, Tail
@@ -67,11 +68,14 @@ class RunOptions:
     progress: Callable[[str], None] | None = None
 
 
+PASSING = ("passed", "not_applicable", "expected_failure")
+
+
 @dataclass
 class ScenarioResult:
     scenario: str
     backend: str
-    outcome: str  # passed | failed | not_applicable
+    outcome: str  # passed | failed | not_applicable | expected_failure | unexpected_pass
     seed: int
     reason: str = ""
     violations: list[str] = field(default_factory=list)
@@ -86,19 +90,22 @@ class ScenarioResult:
 
     @property
     def passed(self) -> bool:
-        return self.outcome in ("passed", "not_applicable")
+        return self.outcome in PASSING
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def replay_command(descriptor: Descriptor, scenario: Scenario, seed: int) -> str:
-    shipped = descriptor.path.parent.name == "backends" and descriptor.path.stem == descriptor.name
-    backend = descriptor.name if shipped else str(descriptor.path)
     own_file = scenario.path.resolve().parent != scenarios_dir().resolve()
     which = str(scenario.path) if own_file else scenario.id
+    backend = descriptor.ref or str(descriptor.path)
     command = f"zart-conformance run --backend {backend} --scenario {which} --seed {seed}"
-    if descriptor.factory != "zart_ref.sql:SQLBackend":
+    try:
+        named = resolve_descriptor(backend).factory
+    except ConfigError:
+        named = None
+    if descriptor.factory != named:
         command += f" --factory {descriptor.factory}"
     return command
 

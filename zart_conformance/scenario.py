@@ -29,6 +29,14 @@ CAPABILITIES = {
     "network_faults": "worker connections can be routed through toxiproxy",
     "client_server": "workers reach the database over TCP, so their connections can be counted",
 }
+# Families group scenarios for selection: ``pytest -m zart_network``.
+FAMILIES = {
+    "claims": "who gets a task: atomic, bounded claims",
+    "leases": "how long a claim holds: leases, heartbeats, fencing, the database clock",
+    "lifecycle": "worker lifecycle: shutdown, retries, connection pools",
+    "network": "what the network does to the worker: partitions, latency, cuts",
+    "durable": "durable execution: steps, sleeps, events, cancellation",
+}
 ACTIONS = {
     "kill": "SIGKILL the target worker",
     "stop": "SIGSTOP the target worker (a pause: it keeps its sockets and its stale leases)",
@@ -140,6 +148,7 @@ class NetworkPlan:
 class Scenario:
     id: str
     title: str
+    family: str
     path: Path
     clauses: list[str]
     requires: list[str]
@@ -157,6 +166,8 @@ class Scenario:
     timeout: float
     settle: float
     sequential: dict[str, Any] = field(default_factory=dict)
+    # Why the scenario exists although no mutant fails it (docs/mutation-matrix.md).
+    without_mutant: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -219,6 +230,10 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
             )
     requires = top.strings("requires", allowed=set(CAPABILITIES))
     description = top.str("description", required=False, default="")
+    family = top.str("family")
+    if family not in FAMILIES:
+        raise top.error("family", f"unknown family {family!r}; expected one of {sorted(FAMILIES)}")
+    without_mutant = top.str("without_mutant", required=False, default="")
 
     expect = top.table("expect")
     status = expect.str("status", required=False, default="completed")
@@ -343,6 +358,8 @@ def _parse(data: dict[str, Any], path: Path) -> Scenario:
     return Scenario(
         id=scenario_id,
         title=title,
+        family=family,
+        without_mutant=without_mutant,
         path=path,
         clauses=clauses,
         requires=requires,
