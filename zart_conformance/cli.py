@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -19,6 +21,9 @@ from .backends import resolve_descriptor
 from .checker import COUNTERS
 from .data import scenarios_dir
 from .ledger import updated_ledger
+from .matrix import mutation_matrix
+from .matrix import problems as matrix_problems
+from .matrix import render as render_matrix
 from .report import write_report
 from .runner import RunOptions, ScenarioResult
 from .scenario import load_all
@@ -38,6 +43,19 @@ OUTCOME_STYLE = {
 }
 
 
+@contextlib.contextmanager
+def kit_errors() -> Iterator[None]:
+    """The kit's own errors as one red line and a distinct exit code (2 usage, 3 database)."""
+    try:
+        yield
+    except ConfigError as exc:
+        console.print(f"zart-conformance: error: {exc}", style="red")
+        sys.exit(2)
+    except DatabaseUnavailable as exc:
+        console.print(f"zart-conformance: error: {exc}", style="red")
+        sys.exit(3)
+
+
 @click.group()
 def main() -> None:
     """The Zart conformance kit."""
@@ -46,11 +64,8 @@ def main() -> None:
 @main.command("list")
 def list_scenarios() -> None:
     """List the shipped scenarios with their clauses and requirements."""
-    try:
+    with kit_errors():
         scenarios = load_all(scenarios_dir())
-    except ConfigError as exc:
-        console.print(f"zart-conformance: error: {exc}", style="red")
-        sys.exit(2)
     for scenario in scenarios:
         needs = ", ".join(scenario.requires) or "-"
         console.print(
@@ -86,7 +101,7 @@ def run(
     """Run the suite (or some scenarios) against one backend."""
     seed = seed if seed is not None else new_seed()
     began = time.monotonic()
-    try:
+    with kit_errors():
         descriptor = resolve_descriptor(backend)
         if factory:
             descriptor = descriptor.with_factory(factory)
@@ -97,12 +112,6 @@ def run(
             seed=seed, keep=keep, progress=lambda text: console.print(f"  {text}", style="dim")
         )
         suite, results = asyncio.run(run_suite(descriptor, scenario_ids, options))
-    except ConfigError as exc:
-        console.print(f"zart-conformance: error: {exc}", style="red")
-        sys.exit(2)
-    except DatabaseUnavailable as exc:
-        console.print(f"zart-conformance: error: {exc}", style="red")
-        sys.exit(3)
     console.print(f"server: {suite.server.how} ({suite.probe.server_version})")
     for cap in suite.probe.undeclared(descriptor.capabilities):
         console.print(f"note: the probe found {cap}, which the descriptor does not declare")
@@ -135,11 +144,8 @@ def run(
 )
 def report(summaries: tuple[Path, ...], out: Path) -> None:
     """Merge JSON summaries (run --json, pytest --zart-report) into a Markdown matrix."""
-    try:
+    with kit_errors():
         path = write_report(summaries, out)
-    except ConfigError as exc:
-        console.print(f"zart-conformance: error: {exc}", style="red")
-        sys.exit(2)
     console.print(f"report: {path}")
 
 
@@ -153,6 +159,42 @@ def timeline(run_dir: Path, out: Path | None) -> None:
         sys.exit(2)
     path = write_timeline(run_dir, out or run_dir / "timeline.svg", run_dir.name)
     console.print(f"timeline: {path}")
+
+
+@main.command("mutation-matrix")
+@click.option("--backend", default="postgres", show_default=True, help="Backend to mutate.")
+@click.option("--seed", type=int, default=None, help="Replay a matrix with this seed.")
+@click.option("--jobs", type=click.IntRange(1, 8), default=2, show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("docs"),
+    show_default=True,
+    help="Directory for mutation-matrix.md and mutation-matrix.json.",
+)
+def mutation_matrix_command(backend: str, seed: int | None, jobs: int, out: Path) -> None:
+    """Run every mutant against every scenario (and the reference as control)."""
+    seed = seed if seed is not None else new_seed()
+    console.print(f"zart-conformance: mutation matrix on {backend}, seed {seed}")
+    with kit_errors():
+        descriptor = resolve_descriptor(backend)
+        options = RunOptions(seed=seed)
+        matrix = asyncio.run(
+            mutation_matrix(
+                descriptor,
+                options,
+                jobs=jobs,
+                progress=lambda t: console.print(f"  {t}", style="dim"),
+            )
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "mutation-matrix.json").write_text(json.dumps(matrix, indent=2) + "\n")
+    (out / "mutation-matrix.md").write_text(render_matrix(matrix))
+    console.print(f"matrix: {out / 'mutation-matrix.md'}")
+    for problem in matrix_problems(matrix):
+        console.print(f"  - {problem}", style="red")
+    if matrix_problems(matrix):
+        sys.exit(1)
 
 
 def print_results(results: list[ScenarioResult]) -> None:

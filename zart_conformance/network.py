@@ -10,11 +10,12 @@ scenario behaves the same on the real server.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
+import functools
 import os
 import threading
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -45,7 +46,6 @@ class Network:
 
     api_url: str
     how: str
-    _stop: Callable[[], None] | None = field(default=None, repr=False)
     _proxies: dict[str, Any] = field(default_factory=dict)  # worker -> toxiproxy.Proxy
     _prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
 
@@ -108,12 +108,15 @@ class Network:
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(proxy.destroy)
         self._proxies.clear()
-        if self._stop is not None:
-            await asyncio.to_thread(self._stop)
-            self._stop = None
 
 
 def provision_network() -> Network:
+    """A Network on this process's one toxiproxy server.
+
+    One server per process, kept until exit: toxiproxy-python addresses a single global API,
+    so runs sharing a process (the mutation matrix runs several at once) must share a server.
+    Each run's proxies carry a prefix of their own and are removed when the run closes.
+    """
     url = os.environ.get("ZART_TOXIPROXY_URL", "").strip().rstrip("/")
     if url:
         parsed = urlparse(url)
@@ -122,20 +125,27 @@ def provision_network() -> Network:
                 f"ZART_TOXIPROXY_URL={url!r} is not an http URL (e.g. http://127.0.0.1:8474)"
             )
         return Network(url, f"toxiproxy at $ZART_TOXIPROXY_URL ({url})")
+    api_url, how = _process_server()
+    return Network(api_url, how)
+
+
+@functools.cache
+def _process_server() -> tuple[str, str]:
     if docker_unavailable_reason() is None:
         return _container()
     return _own_server()
 
 
-def _container() -> Network:
+def _container() -> tuple[str, str]:
     from testcontainers.core.container import DockerContainer
 
     # Host networking: proxies listen on this machine's 127.0.0.1 and reach the same databases.
     container = DockerContainer(TOXIPROXY_IMAGE).with_kwargs(network_mode="host").start()
-    return Network("http://127.0.0.1:8474", f"testcontainers {TOXIPROXY_IMAGE}", container.stop)
+    atexit.register(container.stop)
+    return "http://127.0.0.1:8474", f"testcontainers {TOXIPROXY_IMAGE}"
 
 
-def _own_server() -> Network:
+def _own_server() -> tuple[str, str]:
     """The kit's toxiproxy-compatible server on a daemon thread with its own event loop."""
     from .toxiproxy import ToxiproxyServer
 
@@ -165,6 +175,5 @@ def _own_server() -> Network:
         loop.call_soon_threadsafe(stop.set)
         thread.join(10)
 
-    return Network(
-        str(ready["url"]).rstrip("/"), "the kit's own toxiproxy-compatible server", shutdown
-    )
+    atexit.register(shutdown)
+    return str(ready["url"]).rstrip("/"), "the kit's own toxiproxy-compatible server"

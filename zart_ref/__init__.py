@@ -1,6 +1,6 @@
 """Zart reference worker: durable tasks over PostgreSQL, MySQL/MariaDB and SQLite."""
 
-from .backend import Backend, ClaimedTask, Lease, NewTask, TaskRecord
+from .backend import Backend, ClaimedTask, Lease, NewTask, Notifier, TaskRecord
 from .client import Client, UnknownExecution
 from .config import PoolConfig, WorkerConfig
 from .context import RunningTask, current_task
@@ -17,7 +17,7 @@ from .retry import RetryPolicy
 from .sql import SQLBackend
 from .urls import normalize_url, redact
 from .worker import Worker
-from .workflow import EventTimeout, ExecutionTimeout, sleep, step, wait_for_event
+from .workflow import DurableBackend, EventTimeout, ExecutionTimeout, sleep, step, wait_for_event
 
 __all__ = [
     "Backend",
@@ -25,11 +25,13 @@ __all__ = [
     "Client",
     "ConfigError",
     "DatabaseUnavailable",
+    "DurableBackend",
     "EventTimeout",
     "ExecutionTimeout",
     "Lease",
     "LeaseLost",
     "NewTask",
+    "Notifier",
     "PayloadError",
     "PoolConfig",
     "Registry",

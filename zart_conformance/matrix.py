@@ -1,0 +1,137 @@
+"""The mutation matrix: every broken backend against every scenario, the reference as control.
+
+A mutant counts as caught by a scenario only where the reference backend passed the same
+scenario in the same run; otherwise the failure says nothing about the mutant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .backends import REFERENCE_FACTORY, Descriptor
+from .data import scenarios_dir
+from .mutants import MUTANTS
+from .runner import RunOptions
+from .scenario import Scenario, load_all
+from .suite_runner import Suite
+
+REFERENCE = "reference"
+CAUGHT, MISSED, NOT_APPLICABLE = "caught", "missed", "n/a"
+
+
+async def _row(
+    descriptor: Descriptor,
+    scenarios: Sequence[Scenario],
+    options: RunOptions,
+    jobs: asyncio.Semaphore,
+    progress: Callable[[str], None],
+) -> dict[str, str]:
+    suite = await Suite.open(descriptor, options)
+    name = (
+        descriptor.factory.rpartition(":")[2]
+        if descriptor.factory != REFERENCE_FACTORY
+        else REFERENCE
+    )
+
+    async def one(scenario: Scenario) -> tuple[str, str]:
+        async with jobs:
+            try:
+                outcome = (await suite.run(scenario)).outcome
+            except Exception as exc:  # the kit could not run it: a hole, not a verdict
+                outcome = "error"
+                progress(f"{name} x {scenario.id}: {type(exc).__name__}: {exc}")
+        progress(f"{name} x {scenario.id}: {outcome}")
+        return scenario.id, outcome
+
+    try:
+        return dict(await asyncio.gather(*(one(s) for s in scenarios)))
+    finally:
+        suite.close()
+
+
+async def mutation_matrix(
+    descriptor: Descriptor,
+    options: RunOptions,
+    *,
+    jobs: int = 2,
+    progress: Callable[[str], None] = lambda _text: None,
+) -> dict[str, Any]:
+    scenarios = load_all(scenarios_dir())
+    limit = asyncio.Semaphore(jobs)
+    rows = {REFERENCE: await _row(descriptor, scenarios, options, limit, progress)}
+    for mutant in MUTANTS:
+        factory = f"zart_conformance.mutants:{mutant}"
+        rows[mutant] = await _row(
+            descriptor.with_factory(factory), scenarios, options, limit, progress
+        )
+    control = rows[REFERENCE]
+    cells = {
+        mutant: {s.id: _cell(rows[mutant][s.id], control[s.id]) for s in scenarios}
+        for mutant in MUTANTS
+    }
+    return {
+        "backend": descriptor.name,
+        "seed": options.seed,
+        "mutants": dict(MUTANTS),
+        "reference": control,
+        "cells": cells,
+        "without_mutant": {s.id: s.without_mutant for s in scenarios},
+    }
+
+
+def _cell(outcome: str, control: str) -> str:
+    if outcome == "not_applicable":
+        return NOT_APPLICABLE
+    if control != "passed":
+        return f"reference {control}"
+    return CAUGHT if outcome == "failed" else MISSED
+
+
+def problems(matrix: dict[str, Any]) -> list[str]:
+    """What makes a matrix unacceptable: a mutant nothing catches, a scenario with no reason."""
+    found = []
+    for mutant, row in matrix["cells"].items():
+        if CAUGHT not in row.values():
+            found.append(f"mutant {mutant} ({matrix['mutants'][mutant]}) is caught by no scenario")
+    for scenario, control in matrix["reference"].items():
+        if control not in ("passed", "not_applicable"):
+            found.append(f"the reference backend {control} {scenario}: the matrix is not valid")
+        caught = any(row[scenario] == CAUGHT for row in matrix["cells"].values())
+        if not caught and not matrix["without_mutant"][scenario]:
+            found.append(
+                f"scenario {scenario} catches no mutant and does not say why it exists "
+                '(add `without_mutant = "..."` to its file)'
+            )
+    return found
+
+
+def render(matrix: dict[str, Any]) -> str:
+    scenarios = sorted(matrix["reference"])
+    mutants = list(matrix["cells"])
+    lines = [
+        "# Mutation matrix",
+        "",
+        "Each deliberately broken backend (`zart_conformance/mutants.py`) against each scenario,",
+        f"on {matrix['backend']} with seed {matrix['seed']}. **caught**: the scenario failed the",
+        "mutant while the unbroken reference backend passed it in the same run. Regenerate with",
+        "`nox -s mutation-matrix`; `tests/test_mutation_matrix.py` holds this file to the code.",
+        "",
+        "| mutant (clause broken) | " + " | ".join(scenarios) + " |",
+        "|---|" + "---|" * len(scenarios),
+        "| reference (control) | " + " | ".join(matrix["reference"][s] for s in scenarios) + " |",
+    ]
+    for mutant in mutants:
+        row = [
+            ("**caught**" if matrix["cells"][mutant][s] == CAUGHT else matrix["cells"][mutant][s])
+            for s in scenarios
+        ]
+        lines.append(f"| {mutant} ({matrix['mutants'][mutant]}) | " + " | ".join(row) + " |")
+    lines += ["", "## Scenarios that catch no mutant, and why they exist", ""]
+    for scenario in scenarios:
+        if not any(matrix["cells"][m][scenario] == CAUGHT for m in mutants):
+            lines.append(
+                f"- **{scenario}**: {matrix['without_mutant'][scenario] or '(no reason given)'}"
+            )
+    return "\n".join(lines) + "\n"
