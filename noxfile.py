@@ -1,4 +1,5 @@
-"""Sessions: ``tests``, ``lint``, ``conformance-<backend>``.
+"""Sessions: ``tests``, ``lint``, ``conformance-<backend>``, ``conformance-report``,
+``mutation-matrix``.
 
 With nox installed: ``nox -s tests``. On a machine with only Python 3.11+:
 ``python3 noxfile.py -s tests`` makes a private virtual environment with nox and runs it.
@@ -67,6 +68,45 @@ def _conformance(backend: str) -> None:
 
 for _backend in BACKENDS:
     _conformance(_backend)
+
+
+@nox.session(name="conformance-report")
+def conformance_report(session: nox.Session) -> None:
+    """All three reference backends, merged into .zart-runs/report/report.md with timelines."""
+    session.install("-e", ".[conformance]")
+    runs = ROOT / ".zart-runs"
+    runs.mkdir(exist_ok=True)
+    summaries = []
+    for backend in BACKENDS:
+        summary = runs / f"conformance-{backend}.json"
+        summaries.append(str(summary))
+        # A failing backend still belongs in the report: exit 1 is a result, not an error.
+        session.run(
+            "zart-conformance",
+            "run",
+            "--backend",
+            backend,
+            "--json",
+            str(summary),
+            *session.posargs,
+            success_codes=[0, 1],
+        )
+    session.run("zart-conformance", "report", *summaries, "--out", str(runs / "report"))
+
+
+@nox.session(name="mutation-matrix")
+def mutation_matrix(session: nox.Session) -> None:
+    """Every mutant against every scenario on PostgreSQL, into docs/mutation-matrix.md."""
+    session.install("-e", ".[conformance]")
+    session.run(
+        "zart-conformance",
+        "mutation-matrix",
+        "--backend",
+        "postgres",
+        "--out",
+        str(ROOT / "docs"),
+        *session.posargs,
+    )
 
 
 if __name__ == "__main__":

@@ -69,13 +69,17 @@ def list_scenarios() -> None:
     for scenario in scenarios:
         needs = ", ".join(scenario.requires) or "-"
         console.print(
-            f"{scenario.id}  {scenario.title}  (clauses {', '.join(scenario.clauses)}; needs {needs})"
+            f"{scenario.id}  [{scenario.family}]  {scenario.title}  "
+            f"(clauses {', '.join(scenario.clauses)}; needs {needs})"
         )
 
 
 @main.command()
 @click.option(
-    "--backend", required=True, help="Shipped backend name (postgres, sqlite) or descriptor path."
+    "--backend",
+    required=True,
+    help="Shipped name (postgres, mysql, sqlite), descriptor .toml, module:attr, or a name "
+    "registered under the zart_conformance.backends entry points.",
 )
 @click.option("--scenario", "scenario_ids", multiple=True, help="Run only these scenario ids.")
 @click.option("--seed", type=int, default=None, help="Replay a run with this seed.")
