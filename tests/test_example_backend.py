@@ -9,6 +9,7 @@ tests. The import path ``from zart_conformance.suite import *`` and the entry po
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,8 +23,10 @@ EXAMPLE = ROOT / "examples" / "thirdparty_backend"
 
 
 def run(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # Nothing may leak in from this process's environment: a fresh venv sees only itself.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     result = subprocess.run(
-        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=900
+        [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=900, env=env
     )
     assert result.returncode == 0, (
         f"{args} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
