@@ -80,6 +80,11 @@ MUTANTS = [
     ("NoRequeue", "shutdown-requeue", ("evidence requeued_before_expiry",)),
     ("NoStatementTimeouts", "partition", ("evidence max_db_call_ms",)),
     ("ForgetfulSteps", "step-memoization-crash", ("ran again after it completed",)),
+    ("NoOrphanRecovery", "crash-mid-task", ("ended 'running', expected 'completed' (lost)",)),
+    ("ImmediateRetry", "retry-backoff", ("was retried at",)),
+    ("UnbufferedEvents", "event-before-wait", ("ended 'scheduled', expected 'completed' (lost)",)),
+    ("EarlyWake", "durable-sleep-restart", ("before its wake time",)),
+    ("NoResubscribe", "listener-cut", ("(2 x listening on",)),
 ]
 
 

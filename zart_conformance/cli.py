@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -176,9 +177,22 @@ def timeline(run_dir: Path, out: Path | None) -> None:
     show_default=True,
     help="Directory for mutation-matrix.md and mutation-matrix.json.",
 )
-def mutation_matrix_command(backend: str, seed: int | None, jobs: int, out: Path) -> None:
+@click.option(
+    "--rerender",
+    is_flag=True,
+    help="Run nothing: re-read the scenarios' without_mutant reasons into the existing files.",
+)
+def mutation_matrix_command(
+    backend: str, seed: int | None, jobs: int, out: Path, rerender: bool
+) -> None:
     """Run every mutant against every scenario (and the reference as control)."""
     seed = seed if seed is not None else new_seed()
+    if rerender:
+        with kit_errors():
+            matrix = json.loads((out / "mutation-matrix.json").read_text())
+            matrix["without_mutant"] = {s.id: s.without_mutant for s in load_all(scenarios_dir())}
+        _write_matrix(matrix, out)
+        return
     console.print(f"zart-conformance: mutation matrix on {backend}, seed {seed}")
     with kit_errors():
         descriptor = resolve_descriptor(backend)
@@ -191,6 +205,10 @@ def mutation_matrix_command(backend: str, seed: int | None, jobs: int, out: Path
                 progress=lambda t: console.print(f"  {t}", style="dim"),
             )
         )
+    _write_matrix(matrix, out)
+
+
+def _write_matrix(matrix: dict[str, Any], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "mutation-matrix.json").write_text(json.dumps(matrix, indent=2) + "\n")
     (out / "mutation-matrix.md").write_text(render_matrix(matrix))

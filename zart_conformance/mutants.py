@@ -8,7 +8,7 @@ queues shipped it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -146,6 +146,65 @@ class ForgetfulSteps(SQLBackend):
         return False, None
 
 
+class NoOrphanRecovery(SQLBackend):
+    """Breaks C4.2: the orphan sweep finds nothing, so a task whose worker died stays
+    ``running`` under an expired lease forever (a queue that trusts a worker registry)."""
+
+    async def recover_orphans(self) -> list[str]:
+        return []
+
+
+class ImmediateRetry(SQLBackend):
+    """Breaks C6.2: a failed attempt is rescheduled at once, whatever backoff was asked for."""
+
+    async def fail(self, lease: Lease, error: str, retry_in: float | None) -> datetime:
+        return await super().fail(lease, error, None if retry_in is None else 0.0)
+
+
+class UnbufferedEvents(SQLBackend):
+    """Breaks C10.1: an event is kept only when the execution is already waiting for it; one
+    delivered earlier is acknowledged and dropped, so the wait later never sees it."""
+
+    async def deliver_event(self, execution_id: str, name: str, data: Any) -> bool:
+        record = await self.get(execution_id)
+        if record is None or record.waiting_for != name:
+            return True
+        return await super().deliver_event(execution_id, name, data)
+
+
+class EarlyWake(SQLBackend):
+    """Breaks C3.1: a durable sleep is stored as due now, so the execution wakes at once
+    instead of at the database time the sleep asked for."""
+
+    async def suspend(
+        self, lease: Lease, run_at: datetime | None, delay: float, waiting_for: str | None
+    ) -> datetime:
+        if waiting_for is None:
+            run_at, delay = None, 0.0
+        return await super().suspend(lease, run_at, delay, waiting_for)
+
+
+class NoResubscribe(SQLBackend):
+    """Breaks C8: LISTEN gives up after its connection drops, without telling the worker,
+    so pickup falls back to polling until the process restarts."""
+
+    async def listen(self, on_work: Callable[[], None], on_state: Callable[[str], None]) -> None:
+        lost = asyncio.Event()
+
+        def state(text: str) -> None:
+            if lost.is_set():
+                return
+            if text.startswith("lost"):
+                lost.set()
+            on_state(text)
+
+        listener = asyncio.create_task(super().listen(on_work, state))
+        await lost.wait()
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+        await asyncio.Event().wait()  # silent from here on: the worker believes it listens
+
+
 # Each mutant and the clause it breaks; tests/test_conformance.py names the scenario that
 # must catch it.
 MUTANTS = {
@@ -157,15 +216,25 @@ MUTANTS = {
     "NoRequeue": "C7 graceful shutdown requeue",
     "NoStatementTimeouts": "C8.3 bounded database calls",
     "ForgetfulSteps": "C6.1 step memoization",
+    "NoOrphanRecovery": "C4.2 expired leases reclaimable",
+    "ImmediateRetry": "C6.2 retry backoff",
+    "UnbufferedEvents": "C10.1 events before the wait kept",
+    "EarlyWake": "C3.1 durable sleep on the database clock",
+    "NoResubscribe": "C8 LISTEN re-subscribes after a drop",
 }
 __all__ = [
     "MUTANTS",
     "AppClockLeases",
+    "EarlyWake",
     "ForgetfulSteps",
+    "ImmediateRetry",
+    "NoOrphanRecovery",
     "NoRequeue",
+    "NoResubscribe",
     "NoStatementTimeouts",
     "NonAtomicClaim",
     "OverClaim",
     "SlowHeartbeat",
     "TokenlessComplete",
+    "UnbufferedEvents",
 ]
