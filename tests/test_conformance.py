@@ -85,6 +85,8 @@ MUTANTS = [
     ("UnbufferedEvents", "event-before-wait", ("ended 'scheduled', expected 'completed' (lost)",)),
     ("EarlyWake", "durable-sleep-restart", ("before its wake time",)),
     ("NoResubscribe", "listener-cut", ("fault 'schedule-after' never fired",)),
+    ("ErrorsAsNoWork", "database-down-at-start", ("evidence health_not_ready = 0",)),
+    ("LostCancel", "cancel-in-flight", ("ended 'completed', expected 'cancelled'",)),
 ]
 
 

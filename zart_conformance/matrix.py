@@ -110,28 +110,45 @@ def problems(matrix: dict[str, Any]) -> list[str]:
 def render(matrix: dict[str, Any]) -> str:
     scenarios = sorted(matrix["reference"])
     mutants = list(matrix["cells"])
+    cells = matrix["cells"]
     lines = [
         "# Mutation matrix",
         "",
         "Each deliberately broken backend (`zart_conformance/mutants.py`) against each scenario,",
-        f"on {matrix['backend']} with seed {matrix['seed']}. **caught**: the scenario failed the",
-        "mutant while the unbroken reference backend passed it in the same run. Regenerate with",
-        "`nox -s mutation-matrix`; `tests/test_mutation_matrix.py` holds this file to the code.",
+        f"on {matrix['backend']} with seed {matrix['seed']}. A mutant is *caught* by a scenario",
+        "that failed it while the unbroken reference backend passed the same scenario in the",
+        "same run. Regenerate with `nox -s mutation-matrix`; `tests/test_mutation_matrix.py`",
+        "holds this file to the code.",
         "",
-        "| mutant (clause broken) | " + " | ".join(scenarios) + " |",
-        "|---|" + "---|" * len(scenarios),
-        "| reference (control) | " + " | ".join(matrix["reference"][s] for s in scenarios) + " |",
+        "| mutant | clause it breaks | caught by |",
+        "|---|---|---|",
     ]
     for mutant in mutants:
-        row = [
-            ("**caught**" if matrix["cells"][mutant][s] == CAUGHT else matrix["cells"][mutant][s])
-            for s in scenarios
-        ]
-        lines.append(f"| {mutant} ({matrix['mutants'][mutant]}) | " + " | ".join(row) + " |")
-    lines += ["", "## Scenarios that catch no mutant, and why they exist", ""]
+        caught = [s for s in scenarios if cells[mutant][s] == CAUGHT]
+        lines.append(
+            f"| {mutant} | {matrix['mutants'][mutant]} | {', '.join(caught) or '**none**'} |"
+        )
+    lines += [
+        "",
+        "## The whole grid",
+        "",
+        "X: caught; .: passed (missed); n/a: not applicable. Columns are the mutants above,",
+        "in order; the first is the reference backend's own outcome.",
+        "",
+        "| scenario | reference | " + " | ".join(f"M{i + 1}" for i in range(len(mutants))) + " |",
+        "|---|---|" + "---|" * len(mutants),
+    ]
+    marks = {CAUGHT: "X", MISSED: "."}
     for scenario in scenarios:
-        if not any(matrix["cells"][m][scenario] == CAUGHT for m in mutants):
-            lines.append(
-                f"- **{scenario}**: {matrix['without_mutant'][scenario] or '(no reason given)'}"
-            )
+        row = [marks.get(cells[m][scenario], cells[m][scenario]) for m in mutants]
+        lines.append(f"| {scenario} | {matrix['reference'][scenario]} | " + " | ".join(row) + " |")
+    lines += ["", ", ".join(f"M{i + 1} {m}" for i, m in enumerate(mutants)), ""]
+    lines += ["## Scenarios that catch no mutant, and why they exist", ""]
+    idle = [s for s in scenarios if not any(cells[m][s] == CAUGHT for m in mutants)]
+    for scenario in idle:
+        lines.append(
+            f"- **{scenario}**: {matrix['without_mutant'][scenario] or '(no reason given)'}"
+        )
+    if not idle:
+        lines.append("None: every scenario catches at least one mutant.")
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from zart_ref.backend import ClaimedTask, Lease
 from zart_ref.config import PoolConfig
+from zart_ref.errors import DatabaseUnavailable
 from zart_ref.schema import COMPLETED, RUNNING, tasks
 from zart_ref.sql import SQLBackend
 
@@ -205,6 +206,32 @@ class NoResubscribe(SQLBackend):
         await asyncio.Event().wait()  # silent from here on: the worker believes it listens
 
 
+class ErrorsAsNoWork(SQLBackend):
+    """Breaks C8.2: a claim or sweep that cannot reach the database answers "nothing to do",
+    so the worker looks healthy through an outage and no backoff or alarm ever starts."""
+
+    async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
+        try:
+            return await super().claim(worker_id, limit, lease_seconds)
+        except DatabaseUnavailable:
+            return []
+
+    async def recover_orphans(self) -> list[str]:
+        try:
+            return await super().recover_orphans()
+        except DatabaseUnavailable:
+            return []
+
+
+class LostCancel(SQLBackend):
+    """Breaks C5.2 for cancellation: a cancel request is acknowledged with the current status
+    but never stored, so the execution runs on to completion."""
+
+    async def request_cancel(self, execution_id: str) -> str | None:
+        record = await self.get(execution_id)
+        return record.status if record else None
+
+
 # Each mutant and the clause it breaks; tests/test_conformance.py names the scenario that
 # must catch it.
 MUTANTS = {
@@ -221,13 +248,17 @@ MUTANTS = {
     "UnbufferedEvents": "C10.1 events before the wait kept",
     "EarlyWake": "C3.1 durable sleep on the database clock",
     "NoResubscribe": "C8 LISTEN re-subscribes after a drop",
+    "ErrorsAsNoWork": "C8.2 database errors are not 'no work'",
+    "LostCancel": "C5.2 a cancelled execution ends cancelled",
 }
 __all__ = [
     "MUTANTS",
     "AppClockLeases",
     "EarlyWake",
+    "ErrorsAsNoWork",
     "ForgetfulSteps",
     "ImmediateRetry",
+    "LostCancel",
     "NoOrphanRecovery",
     "NoRequeue",
     "NoResubscribe",
