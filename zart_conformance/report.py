@@ -103,7 +103,7 @@ def _server_version(data: dict[str, Any]) -> str:
 
 
 def _cell(result: dict[str, Any], backend: str, out: Path) -> str:
-    mark = MARKS.get(result["outcome"], result["outcome"])
+    mark = MARKS.get(result["outcome"], str(result["outcome"]))
     if result["outcome"] == "not_applicable":
         return mark
     text = f"{mark} {result['duration']:.1f}s"
