@@ -6,10 +6,24 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import ColumnElement, Select, Update, func, insert, select, tuple_, update
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    Update,
+    bindparam,
+    case,
+    func,
+    insert,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Row
@@ -19,17 +33,21 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import payload as payloads
 from .backend import ClaimedTask, Lease, NewTask, TaskRecord, validate_new
+from .batching import GroupCommit
 from .config import PoolConfig
 from .dialects import Dialect, dialect_for
 from .errors import DatabaseUnavailable, LeaseLost
-from .schema import COMPLETED, FAILED, RUNNING, SCHEDULED, metadata, tasks
+from .schema import COMPLETED, FAILED, RUNNING, SCHEDULED, JSONText, UTCDateTime, metadata, tasks
 from .sql_durable import DurableSQL
 from .urls import normalize_url, redact
 
 _INSERT_CHUNK = 500
 _CONFLICT_RETRIES = 5
+# Completions written by one statement at most (a worker holds max_concurrent_tasks).
+_MAX_GROUP = 64
 t = tasks
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 class SQLBackend(DurableSQL):
@@ -64,6 +82,11 @@ class SQLBackend(DurableSQL):
             self.engine.execution_options(isolation_level="AUTOCOMMIT")
             if self.dialect.autocommit_writes
             else None
+        )
+        # Hot-path statements, built once per shape and run with bound values.
+        self._statements: dict[tuple[Any, ...], Any] = {}
+        self._completions: GroupCommit[str, tuple[str, str], datetime] = GroupCommit(
+            self._complete_group, max_batch=_MAX_GROUP
         )
 
     def __repr__(self) -> str:
@@ -209,7 +232,14 @@ class SQLBackend(DurableSQL):
 
     # -- claiming -------------------------------------------------------------------------
 
-    def _due(self, limit: int) -> Select[tuple[str]]:
+    def _cached(self, key: tuple[Any, ...], build: Callable[[], S]) -> S:
+        """One statement object per shape: SQLAlchemy compiles it once, values are bound."""
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = self._statements[key] = build()
+        return cast(S, stmt)
+
+    def _due(self, limit: int | ColumnElement[int]) -> Select[tuple[str]]:
         return (
             select(t.c.id)
             .where(t.c.status == SCHEDULED, t.c.run_at <= self.dialect.now())
@@ -217,7 +247,9 @@ class SQLBackend(DurableSQL):
             .limit(limit)
         )
 
-    def _claim_values(self, worker_id: str, token: str, lease_seconds: float) -> dict[str, Any]:
+    def _claim_values(
+        self, worker_id: str | ColumnElement[str], token: str | ColumnElement[str], lease: float
+    ) -> dict[str, Any]:
         now = self.dialect.now()
         return {
             "status": RUNNING,
@@ -225,7 +257,7 @@ class SQLBackend(DurableSQL):
             "locked_by": worker_id,
             "attempts": t.c.attempts + 1,
             "claimed_at": now,
-            "lease_expires_at": self.dialect.now_plus(lease_seconds),
+            "lease_expires_at": self.dialect.now_plus(lease),
             "updated_at": now,
         }
 
@@ -236,31 +268,88 @@ class SQLBackend(DurableSQL):
         """A fresh fencing token: one per claim, never reused, never a worker's name."""
         return uuid.uuid4().hex
 
+    def _claim_update(self, lease_seconds: float) -> Update:
+        """PostgreSQL, SQLite: the claim as one UPDATE ... RETURNING.
+
+        Binds ``worker_id``, ``token`` and ``limit``. On PostgreSQL a materialized CTE locks
+        the rows once (`IN (subselect LIMIT n SKIP LOCKED)` may be re-run by the planner and
+        return more than ``limit`` rows); on SQLite BEGIN IMMEDIATE holds the only write lock.
+        """
+
+        def build() -> Update:
+            due = self._due(bindparam("limit", type_=Integer))
+            where: ColumnElement[bool]
+            if self.dialect.name == "postgresql":
+                picked = due.with_for_update(skip_locked=True).cte("picked")
+                where = t.c.id == picked.prefix_with("MATERIALIZED").c.id
+            else:
+                where = t.c.id.in_(due.scalar_subquery())
+            values = self._claim_values(_text("worker_id"), _text("token"), lease_seconds)
+            return update(t).where(where).values(values).returning(*self._CLAIMED)
+
+        return self._cached(("claim", lease_seconds), build)
+
+    def _claim_lock(self) -> Select[Any]:
+        """MySQL: lock the due rows (binds ``limit``), read them and the database clock."""
+
+        def build() -> Select[Any]:
+            due = self._due(bindparam("limit", type_=Integer))
+            extra = (t.c.name, t.c.payload, t.c.attempts, self.dialect.now().label("now"))
+            return due.add_columns(*extra).with_for_update(skip_locked=True)
+
+        return self._cached(("claim_lock",), build)
+
+    def _claim_mark(self) -> Update:
+        """MySQL: mark the locked rows (``ids``) running under ``token`` from ``now``."""
+
+        def build() -> Update:
+            now = bindparam("now", type_=UTCDateTime)
+            values = {
+                **self._claim_values(_text("worker_id"), _text("token"), 0),
+                "claimed_at": now,
+                "lease_expires_at": bindparam("expires", type_=UTCDateTime),
+                "updated_at": now,
+            }
+            return update(t).where(t.c.id.in_(bindparam("ids", expanding=True))).values(values)
+
+        return self._cached(("claim_mark",), build)
+
     async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
         token = self.new_token()
-        values = self._claim_values(worker_id, token, lease_seconds)
+        binds = {"worker_id": worker_id, "token": token, "limit": limit}
+        if not self.dialect.update_returning:
+            return await self.run(lambda conn: self._claim_mysql(conn, binds, lease_seconds))
+        stmt = self._claim_update(lease_seconds)
 
         async def body(conn: AsyncConnection) -> list[Row[Any]]:
-            dialect = self.dialect.name
-            if dialect == "postgresql":
-                # A materialized CTE locks the rows once; `IN (subselect LIMIT n SKIP LOCKED)`
-                # may be re-run by the planner and return more than `limit` rows.
-                picked = self._due(limit).with_for_update(skip_locked=True).cte("picked")
-                where: ColumnElement[bool] = t.c.id == picked.prefix_with("MATERIALIZED").c.id
-            elif dialect == "mysql":
-                # Lock the due rows first; the UPDATE then touches exactly those.
-                locked = self._due(limit).with_for_update(skip_locked=True)
-                ids = list((await conn.execute(locked)).scalars())
-                if not ids:
-                    return []
-                where = t.c.id.in_(ids)
-            else:
-                # SQLite: BEGIN IMMEDIATE already holds the only write lock.
-                where = t.c.id.in_(self._due(limit).scalar_subquery())
-            stmt = update(t).where(where).values(values)
-            return await self._update_returning(conn, stmt, self._CLAIMED, t.c.lock_token == token)
+            return list((await conn.execute(stmt, binds)).all())
 
-        return [self._claimed(row, token) for row in await self.run(body)]
+        rows = await self.run(body, single_statement=True)
+        return [self._claimed(row, token) for row in rows]
+
+    async def _claim_mysql(
+        self, conn: AsyncConnection, binds: dict[str, Any], lease_seconds: float
+    ) -> list[ClaimedTask]:
+        """Lock, then mark: the lease runs from the database time the lock read returned."""
+        rows = (await conn.execute(self._claim_lock(), binds)).all()
+        if not rows:
+            return []
+        now: datetime = rows[0].now
+        expires = now + timedelta(microseconds=round(lease_seconds * 1_000_000))
+        marks = {**binds, "ids": [row.id for row in rows], "now": now, "expires": expires}
+        await conn.execute(self._claim_mark(), marks)
+        return [
+            ClaimedTask(
+                id=row.id,
+                name=row.name,
+                payload=payloads.decode(row.payload),
+                token=binds["token"],
+                attempt=row.attempts + 1,
+                claimed_at=now,
+                lease_expires_at=expires,
+            )
+            for row in rows
+        ]
 
     @staticmethod
     def _claimed(row: Row[Any], token: str) -> ClaimedTask:
@@ -331,8 +420,71 @@ class SQLBackend(DurableSQL):
         return payloads.encode(result, what=f"result of task {lease.task_id!r}")
 
     async def complete(self, lease: Lease, result: Any) -> datetime:
-        values = {**self._finish(COMPLETED), "result": self.encode_result(lease, result)}
-        return await self._fenced_update(lease, "complete", values)
+        """Group-committed: completions waiting at the same time share one fenced statement."""
+        encoded = self.encode_result(lease, result)
+        stamp = await self._completions.submit(lease.task_id, (lease.token, encoded))
+        if stamp is None:
+            raise LeaseLost(lease.task_id, lease.token, "complete")
+        return stamp
+
+    def _complete_update(self, count: int, *, fenced: bool = True) -> Update:
+        """Complete ``count`` tasks (binds ``id<i>``, ``token<i>``, ``result<i>``), each row
+        only while it is running under its own token. Unfenced: MySQL, whose rows were
+        locked and checked just before, and which stamps them with the bound ``now``."""
+
+        def build() -> Update:
+            ids = [_text(f"id{i}") for i in range(count)]
+            result = case(
+                *[(t.c.id == ids[i], bindparam(f"result{i}", type_=JSONText)) for i in range(count)]
+            )
+            values = {**self._finish(COMPLETED), "result": result}
+            if not fenced:
+                now = bindparam("now", type_=UTCDateTime)
+                values |= {"updated_at": now, "finished_at": now}
+                return update(t).where(t.c.id.in_(ids)).values(values)
+            held = or_(
+                *[(t.c.id == ids[i]) & (t.c.lock_token == _text(f"token{i}")) for i in range(count)]
+            )
+            stmt = update(t).where(t.c.status == RUNNING, t.c.id.in_(ids), held).values(values)
+            return stmt.returning(t.c.id, t.c.updated_at)
+
+        return self._cached(("complete", count, fenced), build)
+
+    def _complete_lock(self, count: int) -> Select[Any]:
+        """MySQL: lock the running rows among ``id<i>`` and read their tokens and the clock."""
+
+        def build() -> Select[Any]:
+            ids = [_text(f"id{i}") for i in range(count)]
+            columns = (t.c.id, t.c.lock_token, self.dialect.now().label("now"))
+            running = select(*columns).where(t.c.status == RUNNING, t.c.id.in_(ids))
+            return running.with_for_update()
+
+        return self._cached(("complete_lock", count), build)
+
+    async def _complete_group(self, items: dict[str, tuple[str, str]]) -> dict[str, datetime]:
+        """One flush of the group commit: the tasks still held by their tokens, completed."""
+        if self.dialect.update_returning:
+            stmt = self._complete_update(len(items))
+
+            async def body(conn: AsyncConnection) -> dict[str, datetime]:
+                rows = await conn.execute(stmt, _group_binds(items))
+                return {row.id: row.updated_at for row in rows}
+
+            return await self.run(body, single_statement=True)
+
+        async def locked_body(conn: AsyncConnection) -> dict[str, datetime]:
+            locked = (
+                await conn.execute(self._complete_lock(len(items)), _group_binds(items))
+            ).all()
+            held = {row.id: items[row.id] for row in locked if row.lock_token == items[row.id][0]}
+            if not held:
+                return {}
+            now: datetime = locked[0].now
+            stmt = self._complete_update(len(held), fenced=False)
+            await conn.execute(stmt, {**_group_binds(held), "now": now})
+            return dict.fromkeys(held, now)
+
+        return await self.run(locked_body)
 
     def _back_to_scheduled(self, **extra: Any) -> dict[str, Any]:
         return {
@@ -468,3 +620,16 @@ class SQLBackend(DurableSQL):
             return {status: count for status, count in (await conn.execute(stmt)).all()}
 
         return await self.run(body)
+
+
+def _text(name: str) -> ColumnElement[str]:
+    """A named string parameter of a cached statement."""
+    return bindparam(name, type_=String)
+
+
+def _group_binds(items: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """The values of a group completion: ``id<i>``, ``token<i>`` and ``result<i>``."""
+    binds: dict[str, str] = {}
+    for i, (task_id, (token, result)) in enumerate(items.items()):
+        binds |= {f"id{i}": task_id, f"token{i}": token, f"result{i}": result}
+    return binds
