@@ -41,7 +41,6 @@ NOT_APPLICABLE = {
         "listener-cut",
         "partition",
         "pool-exhaustion",
-        "stale-owner",
     },
 }
 

@@ -141,7 +141,8 @@ def test_a_failure_prints_a_replay_command_that_reproduces_it(tmp_path: Path) ->
     assert replay == (
         f"zart-conformance run --backend {path} --scenario step-memoization-crash --seed 31337"
     )
-    assert "--zart-seed 31337" in out
+    (pytest_replay,) = re.findall(r"   or: (pytest .*)", out)
+    assert pytest_replay.endswith(f"--zart-backend {path} --zart-seed 31337")
     again = subprocess.run(
         [
             sys.executable,
@@ -155,19 +156,47 @@ def test_a_failure_prints_a_replay_command_that_reproduces_it(tmp_path: Path) ->
         timeout=600,
     )
     assert again.returncode == 1 and "ran again after it completed" in again.stdout
+    rerun = pytest_in(tmp_path, *shlex.split(pytest_replay)[1:], expect=1)
+    assert "1 failed" in rerun.stdout and "(seed 31337)" in rerun.stdout
 
 
 def test_declared_capability_the_probe_cannot_find_fails_the_run(tmp_path: Path) -> None:
     path = descriptor(tmp_path, "listen_notify = true\n")
-    out = pytest_in(tmp_path, "--zart-backend", str(path), "-k", "retry-backoff", expect=1)
-    assert "declares listen_notify but the probe found it absent" in out.stdout
-    assert "listen() returned without subscribing" in out.stdout
+    out = pytest_in(tmp_path, "--zart-backend", str(path), expect=pytest.ExitCode.USAGE_ERROR)
+    text = out.stdout + out.stderr
+    assert "declares listen_notify but the probe found it absent" in text
+    assert "listen() returned without subscribing" in text
+    assert text.count("probe found it absent") == 1  # once for the session, not per scenario
 
 
 def test_ledger_entry_naming_no_scenario_is_an_error(tmp_path: Path) -> None:
     path = descriptor(tmp_path, '\n[expected_failures]\nstale-ownr = "typo"\n')
-    out = pytest_in(tmp_path, "--zart-backend", str(path), "-k", "retry-backoff", expect=1)
-    assert f"{path}: key 'expected_failures.stale-ownr': no scenario 'stale-ownr'" in out.stdout
+    out = pytest_in(
+        tmp_path, "--zart-backend", str(path), "-k", "retry", expect=pytest.ExitCode.USAGE_ERROR
+    )
+    expected = f"{path}: key 'expected_failures.stale-ownr': no scenario 'stale-ownr'"
+    assert expected in out.stdout + out.stderr
+
+
+def test_backend_option_and_conftest_fixture_may_not_disagree(tmp_path: Path) -> None:
+    path = descriptor(tmp_path, "")
+    (tmp_path / "conftest.py").write_text(
+        "import pytest\n\n@pytest.fixture(scope='session')\n"
+        f"def zart_backend():\n    return {str(path)!r}\n"
+    )
+    (tmp_path / "test_conf.py").write_text(SUITE_IMPORT)
+    out = pytest_in(
+        tmp_path,
+        "test_conf.py",
+        "--zart-backend",
+        "sqlite",
+        "-k",
+        "retry",
+        expect=pytest.ExitCode.USAGE_ERROR,
+    )
+    assert "--zart-backend sqlite was given, but the conftest's zart_backend fixture" in (
+        out.stdout + out.stderr
+    )
 
 
 @pytest.mark.parametrize("workers", ["2"])

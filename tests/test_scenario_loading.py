@@ -238,6 +238,18 @@ def test_malformed_scenario_is_rejected(
             ["'isolation'", "isolated by 'schema', not 'file'"],
             id="isolation-of-another-dialect",
         ),
+        pytest.param(
+            'isolation = "schema"',
+            'isolaton = "schema"',
+            ["missing required key 'isolation' (found 'isolaton': misspelled?)"],
+            id="misspelled-required-key",
+        ),
+        pytest.param(
+            "[capabilities]",
+            '[expected_failures]\nstale-owner = 3\n\n[capabilities]',
+            ["'expected_failures.stale-owner'", "3"],
+            id="ledger-reason-not-a-string",
+        ),
     ],
 )
 def test_malformed_backend_descriptor_is_rejected(

@@ -84,7 +84,8 @@ def load_descriptor(path: Path, *, ref: str | None = None) -> Descriptor:
         container_image=image,
         capabilities=frozenset(declared),
         expected_failures=expected,
-        ref=ref if ref is not None else str(path),
+        # A path is kept absolute: a replay command must work from any directory.
+        ref=ref if ref is not None else str(path.resolve()),
     )
     top.done()
     return descriptor

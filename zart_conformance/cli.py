@@ -162,7 +162,11 @@ def timeline(run_dir: Path, out: Path | None) -> None:
     if not (run_dir / "events").is_dir():
         console.print(f"zart-conformance: error: {run_dir} has no events/ directory", style="red")
         sys.exit(2)
-    path = write_timeline(run_dir, out or run_dir / "timeline.svg", run_dir.name)
+    title = run_dir.name
+    if (run_dir / "result.json").is_file():
+        result = json.loads((run_dir / "result.json").read_text())
+        title = f"{result['scenario']} on {result['backend']}: {result['outcome']} (seed {result['seed']})"
+    path = write_timeline(run_dir, out or run_dir / "timeline.svg", title)
     console.print(f"timeline: {path}")
 
 

@@ -18,7 +18,7 @@ from .scenario import Scenario, load_all
 from .suite_runner import Suite
 
 REFERENCE = "reference"
-CAUGHT, MISSED, NOT_APPLICABLE = "caught", "missed", "n/a"
+CAUGHT, MISSED, NOT_APPLICABLE, FLAKY = "caught", "missed", "n/a", "flaky"
 
 
 async def _row(
@@ -27,7 +27,7 @@ async def _row(
     options: RunOptions,
     jobs: asyncio.Semaphore,
     progress: Callable[[str], None],
-) -> dict[str, str]:
+) -> dict[str, tuple[str, str]]:
     suite = await Suite.open(descriptor, options)
     name = (
         descriptor.factory.rpartition(":")[2]
@@ -35,20 +35,32 @@ async def _row(
         else REFERENCE
     )
 
-    async def one(scenario: Scenario) -> tuple[str, str]:
+    async def attempt(scenario: Scenario) -> tuple[str, str]:
         async with jobs:
             try:
-                outcome = (await suite.run(scenario)).outcome
+                result = await suite.run(scenario)
             except Exception as exc:  # the kit could not run it: a hole, not a verdict
-                outcome = "error"
-                progress(f"{name} x {scenario.id}: {type(exc).__name__}: {exc}")
-        progress(f"{name} x {scenario.id}: {outcome}")
-        return scenario.id, outcome
+                return "error", f"{type(exc).__name__}: {exc}"
+        return result.outcome, (result.violations + result.unmet + [""])[0]
+
+    async def one(scenario: Scenario) -> tuple[str, tuple[str, str]]:
+        outcome, why = await attempt(scenario)
+        if outcome == "failed":
+            # A catch must repeat: one failure under load is not evidence against the mutant.
+            again, _ = await attempt(scenario)
+            if again != "failed":
+                outcome, why = FLAKY, f"failed once ({why}), then {again}"
+        progress(f"{name} x {scenario.id}: {outcome}" + (f" ({why[:100]})" if why else ""))
+        return scenario.id, (outcome, why)
 
     try:
         return dict(await asyncio.gather(*(one(s) for s in scenarios)))
     finally:
         suite.close()
+
+
+def _outcomes(row: dict[str, tuple[str, str]]) -> dict[str, str]:
+    return {scenario: outcome for scenario, (outcome, _why) in row.items()}
 
 
 async def mutation_matrix(
@@ -66,9 +78,9 @@ async def mutation_matrix(
         rows[mutant] = await _row(
             descriptor.with_factory(factory), scenarios, options, limit, progress
         )
-    control = rows[REFERENCE]
+    control = _outcomes(rows[REFERENCE])
     cells = {
-        mutant: {s.id: _cell(rows[mutant][s.id], control[s.id]) for s in scenarios}
+        mutant: {s.id: _cell(rows[mutant][s.id][0], control[s.id]) for s in scenarios}
         for mutant in MUTANTS
     }
     return {
@@ -77,6 +89,11 @@ async def mutation_matrix(
         "mutants": dict(MUTANTS),
         "reference": control,
         "cells": cells,
+        # The first violation of each failing run: what a catch (or a flake) looked like.
+        "why": {
+            name: {sid: why for sid, (_outcome, why) in row.items() if why}
+            for name, row in rows.items()
+        },
         "without_mutant": {s.id: s.without_mutant for s in scenarios},
     }
 
@@ -86,6 +103,8 @@ def _cell(outcome: str, control: str) -> str:
         return NOT_APPLICABLE
     if control != "passed":
         return f"reference {control}"
+    if outcome == FLAKY:
+        return FLAKY
     return CAUGHT if outcome == "failed" else MISSED
 
 
@@ -132,13 +151,15 @@ def render(matrix: dict[str, Any]) -> str:
         "",
         "## The whole grid",
         "",
-        "X: caught; .: passed (missed); n/a: not applicable. Columns are the mutants above,",
-        "in order; the first is the reference backend's own outcome.",
+        "X: caught (failed twice); ~: failed once, then passed (not counted); .: passed",
+        "(missed); n/a: not applicable. Columns are the mutants above, in order; the first is",
+        "the reference backend's own outcome. The first violation of every failing run is in",
+        "mutation-matrix.json under `why`.",
         "",
         "| scenario | reference | " + " | ".join(f"M{i + 1}" for i in range(len(mutants))) + " |",
         "|---|---|" + "---|" * len(mutants),
     ]
-    marks = {CAUGHT: "X", MISSED: "."}
+    marks = {CAUGHT: "X", MISSED: ".", FLAKY: "~"}
     for scenario in scenarios:
         row = [marks.get(cells[m][scenario], cells[m][scenario]) for m in mutants]
         lines.append(f"| {scenario} | {matrix['reference'][scenario]} | " + " | ".join(row) + " |")

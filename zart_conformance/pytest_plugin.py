@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from zart_ref.errors import ConfigError, DatabaseUnavailable
+
 from .backends import Descriptor, resolve_descriptor
 from .data import scenarios_dir
 from .ledger import updated_ledger
@@ -26,7 +28,7 @@ from .suite_runner import Suite, new_seed
 from .summary import backend_info, summary
 
 SEED = pytest.StashKey[int]()
-RESULT_PROPERTY = "zart_result"
+RECORD = pytest.StashKey[dict[str, Any]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -102,15 +104,31 @@ def zart_backend(pytestconfig: pytest.Config) -> Descriptor | str:
 
 @pytest.fixture(scope="session")
 def zart_suite(zart_backend: Descriptor | str, pytestconfig: pytest.Config) -> Iterator[Suite]:
-    """Provisioned and probed once per backend per test process."""
-    if isinstance(zart_backend, Descriptor):
-        descriptor = zart_backend
-    else:
-        descriptor = resolve_descriptor(str(zart_backend))
-    options = RunOptions(
-        seed=pytestconfig.stash[SEED], keep=bool(pytestconfig.getoption("zart_keep"))
-    )
-    suite = asyncio.run(Suite.open(descriptor, options))
+    """Provisioned and probed once per backend per test process.
+
+    A wrong descriptor or a capability the probe cannot find ends the session with one line:
+    every scenario would fail the same way.
+    """
+    option = pytestconfig.getoption("zart_backend")
+    try:
+        descriptor = (
+            zart_backend
+            if isinstance(zart_backend, Descriptor)
+            else resolve_descriptor(str(zart_backend))
+        )
+        if option and resolve_descriptor(str(option)).path != descriptor.path:
+            raise ConfigError(
+                f"--zart-backend {option} was given, but the conftest's zart_backend fixture "
+                f"provides {descriptor.ref or descriptor.path}; drop one of them"
+            )
+        options = RunOptions(
+            seed=pytestconfig.stash[SEED], keep=bool(pytestconfig.getoption("zart_keep"))
+        )
+        suite = asyncio.run(Suite.open(descriptor, options))
+    except ConfigError as exc:
+        pytest.exit(f"zart: error: {exc}", returncode=pytest.ExitCode.USAGE_ERROR)
+    except DatabaseUnavailable as exc:
+        pytest.exit(f"zart: error: {exc}", returncode=pytest.ExitCode.INTERNAL_ERROR)
     try:
         yield suite
     finally:
@@ -120,7 +138,7 @@ def zart_suite(zart_backend: Descriptor | str, pytestconfig: pytest.Config) -> I
 def run_scenario_test(suite: Suite, scenario: Scenario, item: pytest.Item) -> None:
     """The body of every generated test: run, record, and turn the verdict into pytest's."""
     result = asyncio.run(suite.run(scenario))
-    record = {
+    item.stash[RECORD] = {
         "result": result.to_json(),
         "backend": backend_info(suite.descriptor),
         "server": suite.server.how,
@@ -130,23 +148,40 @@ def run_scenario_test(suite: Suite, scenario: Scenario, item: pytest.Item) -> No
     item.user_properties.append(("zart_seed", result.seed))
     for counter in result.checked:
         item.user_properties.append((f"zart_evidence_{counter}", result.evidence.get(counter, 0)))
-    item.user_properties.append((RESULT_PROPERTY, json.dumps(record)))
     if result.outcome == "not_applicable":
         pytest.skip(f"not applicable on {result.backend}: {result.reason}")
     if result.outcome == "expected_failure":
         pytest.xfail(result.reason)
     if result.outcome != "passed":
-        pytest.fail(explain(result, item.nodeid), pytrace=False)
+        pytest.fail(explain(result, item, suite.descriptor), pytrace=False)
 
 
-def explain(result: ScenarioResult, nodeid: str) -> str:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Carry the run's record on the report: xdist ships report attributes to the controller."""
+    report = yield
+    if call.when == "call" and RECORD in item.stash:
+        report.zart_record = json.dumps(item.stash[RECORD])
+    return report
+
+
+def explain(result: ScenarioResult, item: pytest.Item, descriptor: Descriptor) -> str:
     lines = [f"{result.scenario} {result.outcome} on {result.backend} (seed {result.seed})"]
     lines += [f"  - {line}" for line in ([result.reason] if result.reason else [])]
     lines += [f"  - {line}" for line in result.violations + result.unmet]
     lines.append(f"run directory: {result.run_dir}")
     lines.append(f"replay: {result.replay}")
-    lines.append(f"   or: pytest '{nodeid}' --zart-seed {result.seed}")
+    lines.append(f"   or: {replay_with_pytest(item, descriptor, result.seed)}")
     return "\n".join(lines)
+
+
+def replay_with_pytest(item: pytest.Item, descriptor: Descriptor, seed: int) -> str:
+    """The same test again; the suite module by path when it was collected from outside."""
+    nodeid = item.nodeid
+    if nodeid.startswith("::") or nodeid.startswith(".."):
+        nodeid = f"{item.path}::{item.name}"
+        return f"pytest '{nodeid}' --zart-backend {descriptor.ref or descriptor.path} --zart-seed {seed}"
+    return f"pytest '{nodeid}' --zart-seed {seed}"
 
 
 class _Collector:
@@ -157,9 +192,9 @@ class _Collector:
         self.records: list[dict[str, Any]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        for name, value in report.user_properties:
-            if name == RESULT_PROPERTY and report.when == "call":
-                self.records.append(json.loads(str(value)))
+        record = getattr(report, "zart_record", None)
+        if record is not None and report.when == "call":
+            self.records.append(json.loads(record))
 
     def by_backend(self) -> dict[str, list[dict[str, Any]]]:
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)

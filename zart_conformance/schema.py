@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import tomllib
 from pathlib import Path
@@ -55,7 +56,9 @@ class Table:
         self._read.add(key)
         if key not in self.data:
             if required:
-                raise DataError(f"{self.file}: missing required key {self._name(key)!r}")
+                near = difflib.get_close_matches(key, [str(k) for k in self.data], n=1)
+                hint = f" (found {self._name(near[0])!r}: misspelled?)" if near else ""
+                raise DataError(f"{self.file}: missing required key {self._name(key)!r}{hint}")
             return default
         return self.data[key]
 

@@ -21,7 +21,7 @@ ENDINGS = {
     "failed": "#e08a1e",
     "released": "#4a78c2",
     "suspended": "#8a63c7",
-    "cancelled": "#8a63c7",
+    "cancelled": "#c25a9e",
     "lease_lost": "#d2413a",
     "unfinished": "#9a9a9a",
 }
@@ -209,12 +209,14 @@ def _axis(timeline: Timeline, x: Any, y: float) -> str:
 def _legend(y: float) -> str:
     parts = []
     px = float(LABEL_W)
+    labels = {"lease_lost": "lease lost (bar)", "unfinished": "unfinished (worker died)"}
     for name, colour in [*ENDINGS.items(), ("fault window", "#f6c343")]:
+        name = labels.get(name, name)
         parts.append(f'<rect x="{px}" y="{y - 9}" width="10" height="10" fill="{colour}"/>')
         parts.append(f'<text x="{px + 13}" y="{y}" class="small">{name}</text>')
         px += 13 + 7 * len(name) + 12
     parts.append(f'<text x="{px}" y="{y}" class="loss">x</text>')
-    parts.append(f'<text x="{px + 12}" y="{y}" class="small">lease lost</text>')
+    parts.append(f'<text x="{px + 12}" y="{y}" class="small">when the worker saw the loss</text>')
     return "".join(parts)
 
 
