@@ -41,7 +41,7 @@ from .schema import COMPLETED, FAILED, RUNNING, SCHEDULED, JSONText, UTCDateTime
 from .sql_durable import DurableSQL
 from .urls import normalize_url, redact
 
-_INSERT_CHUNK = 500
+_INSERT_CHUNK = 1000
 _CONFLICT_RETRIES = 5
 # Completions written by one statement at most (a worker holds max_concurrent_tasks).
 _MAX_GROUP = 64
@@ -179,32 +179,30 @@ class SQLBackend(DurableSQL):
 
     # -- scheduling -----------------------------------------------------------------------
 
-    def _run_at(self, task: NewTask) -> ColumnElement[datetime] | datetime:
-        if task.run_at is not None:
-            return payloads.require_aware(task.run_at, what=f"run_at of task {task.id!r}")
-        return self.dialect.now_plus(task.delay) if task.delay else self.dialect.now()
-
     async def schedule(self, new: Sequence[NewTask]) -> list[bool]:
         unique = validate_new(new)
-        rows = [
-            {
+        # By how their due time is computed: an explicit instant (None), or now + delay.
+        groups: dict[float | None, list[dict[str, Any]]] = {}
+        for task in unique:
+            row = {
                 "id": task.id,
                 "name": task.name,
                 "payload": payloads.encode(task.payload, what=f"payload of task {task.id!r}"),
                 "status": SCHEDULED,
-                "run_at": self._run_at(task),
                 "attempts": 0,
-                "created_at": self.dialect.now(),
-                "updated_at": self.dialect.now(),
             }
-            for task in unique
-        ]
+            if task.run_at is not None:
+                row["run_at"] = payloads.require_aware(task.run_at, what=f"run_at of {task.id!r}")
+                groups.setdefault(None, []).append(row)
+            else:
+                groups.setdefault(task.delay, []).append(row)
 
         async def body(conn: AsyncConnection) -> set[str]:
             created: set[str] = set()
-            for start in range(0, len(rows), _INSERT_CHUNK):
-                chunk = rows[start : start + _INSERT_CHUNK]
-                created |= await self._insert_new(conn, chunk)
+            for delay, rows in groups.items():
+                for start in range(0, len(rows), _INSERT_CHUNK):
+                    chunk = rows[start : start + _INSERT_CHUNK]
+                    created |= await self._insert_new(conn, chunk, delay)
             if created:
                 await self._notify(conn)
             return created
@@ -214,20 +212,37 @@ class SQLBackend(DurableSQL):
         chosen = {id(task) for task in unique}
         return [task.id in created and id(task) in chosen for task in new]
 
-    async def _insert_new(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
-        """Insert rows whose id is new; returns the ids inserted."""
+    async def _insert_new(
+        self, conn: AsyncConnection, rows: list[dict[str, Any]], delay: float | None
+    ) -> set[str]:
+        """Insert rows whose id is new (one statement, many rows); returns the ids inserted.
+
+        Times come from the database clock inside the statement: due ``delay`` seconds from
+        now, or at the row's own ``run_at`` when ``delay`` is None.
+        """
+        now = self.dialect.now()
+        stamps: dict[str, Any] = {"created_at": now, "updated_at": now}
+        if delay is not None:
+            stamps["run_at"] = self.dialect.now_plus(delay) if delay else now
         name = self.dialect.name
         if name in ("postgresql", "sqlite"):
             insert_fn = pg_insert if name == "postgresql" else sqlite_insert
-            stmt = insert_fn(t).values(rows).on_conflict_do_nothing(index_elements=[t.c.id])
-            return set((await conn.execute(stmt.returning(t.c.id))).scalars())
+            stmt = insert_fn(t).values(stamps).on_conflict_do_nothing(index_elements=[t.c.id])
+            return set((await conn.execute(stmt.returning(t.c.id), rows)).scalars())
         # MySQL has no INSERT ... RETURNING: lock the ids (gap locks included), then insert.
         ids = [row["id"] for row in rows]
         existing = select(t.c.id).where(t.c.id.in_(ids)).with_for_update()
         present = set((await conn.execute(existing)).scalars())
         fresh = [row for row in rows if row["id"] not in present]
         if fresh:
-            await conn.execute(insert(t).values(fresh).prefix_with("IGNORE"))
+            # The clock read once and bound, so that the driver sends one multi-row INSERT
+            # (aiomysql batches only VALUES made of plain parameters).
+            at: datetime = (await conn.execute(select(now))).scalar_one()
+            due = at + timedelta(seconds=delay or 0)
+            fixed = {"created_at": at, "updated_at": at} | (
+                {} if delay is None else {"run_at": due}
+            )
+            await conn.execute(insert(t).prefix_with("IGNORE"), [row | fixed for row in fresh])
         return {row["id"] for row in fresh}
 
     # -- claiming -------------------------------------------------------------------------
