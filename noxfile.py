@@ -42,7 +42,7 @@ BACKENDS = ("postgres", "mysql", "sqlite")
 def tests(session: nox.Session) -> None:
     """The whole test suite, conformance runs and mutants included."""
     session.install("-e", ".[test]")
-    session.run("pytest", *(session.posargs or ["-q", "-ra"]))
+    session.run("pytest", *(session.posargs or ["-q", "-ra", "--durations=15"]))
 
 
 @nox.session
