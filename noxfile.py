@@ -1,4 +1,4 @@
-"""Sessions: ``tests``, ``lint``, ``conformance-<backend>``, ``conformance-report``,
+"""Sessions: ``tests``, ``lint``, ``conformance-<backend>``, ``conformance-report``, ``bench``,
 ``mutation-matrix``.
 
 With nox installed: ``nox -s tests``. On a machine with only Python 3.11+:
@@ -64,6 +64,26 @@ def _conformance(backend: str) -> None:
 
     session_fn.__doc__ = f"Run the conformance suite against the {backend} backend."
     nox.session(name=f"conformance-{backend}")(session_fn)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Measure the worker against the raw-SQL ceiling and pgqueuer: docs/bench/latest.*.
+
+    Not run by default (minutes, and numbers only mean something on a quiet machine).
+    ``nox -s bench -- --suite`` also times the conformance suite per backend.
+    """
+    session.install("-e", ".[bench]")
+    out = ROOT / "docs" / "bench"
+    session.run(
+        "zart-conformance",
+        "bench",
+        "--json",
+        str(out / "latest.json"),
+        "--plot",
+        str(out / "latest.png"),
+        *session.posargs,
+    )
 
 
 for _backend in BACKENDS:

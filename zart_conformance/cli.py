@@ -19,6 +19,7 @@ from rich.text import Text
 from zart_ref.errors import ConfigError, DatabaseUnavailable
 
 from .backends import resolve_descriptor
+from .bench.command import bench_command
 from .checker import COUNTERS
 from .data import scenarios_dir
 from .ledger import updated_ledger
@@ -258,5 +259,7 @@ def print_results(results: list[ScenarioResult]) -> None:
         # Never wrapped: the line must paste into a shell whole.
         console.print(f"  replay: {result.replay}", soft_wrap=True)
 
+
+main.add_command(bench_command)
 
 __all__ = ["COUNTERS", "main"]

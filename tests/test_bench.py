@@ -1,0 +1,105 @@
+"""The bench: its arithmetic, its wire counters, and one small real run on SQLite.
+
+No assertion here is about speed: numbers depend on the machine, so tests only check that
+every section is measured and reported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from zart_conformance.bench.stats import latency_summary, percentile, ratio_rows
+from zart_conformance.bench.wire import MySQLCounter, PostgresCounter
+from zart_conformance.cli import main
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    values = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 50) == 2.5
+    assert percentile(values, 100) == 4.0
+    assert percentile([7.0], 95) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_latency_summary_is_in_milliseconds() -> None:
+    summary = latency_summary([0.001, 0.002, 0.003])
+    assert summary == {"samples": 3, "p50_ms": 2.0, "p95_ms": 2.9, "max_ms": 3.0, "mean_ms": 2.0}
+
+
+def test_ratios_compare_with_the_baseline_of_the_same_run() -> None:
+    section = {
+        "worker": {"1": {"per_second": 3000.0}, "2": {"skipped": "no"}},
+        "ceiling": {"1": {"per_second": 8000.0}},
+        "peer": {"worker": {"1": {"per_second": 2000.0}}, "pickup": {"p50_ms": 2.0, "p95_ms": 4.0}},
+        "pickup": {"listen": {"p50_ms": 3.0, "p95_ms": 4.0}},
+    }
+    rows = {row["what"]: row for row in ratio_rows("postgres", section)}
+    assert rows["worker / ceiling, 1 process"]["ratio"] == 0.375
+    assert rows["worker / ceiling, 1 process"]["met"] is False
+    assert rows["worker / pgqueuer, 1 process"]["met"] is True
+    # Latency: lower is better, so a ratio above the target misses it.
+    assert rows["pickup p50 (NOTIFY) / pgqueuer"]["met"] is False
+    assert rows["pickup p95 (NOTIFY) / pgqueuer"]["met"] is True
+    # What was not measured on both sides is not compared.
+    assert "worker / ceiling, 2 processes" not in rows
+    assert "bulk schedule / pgqueuer enqueue" not in rows
+
+
+def _pg(kind: bytes, body: bytes = b"") -> bytes:
+    return kind + struct.pack("!I", 4 + len(body)) + body
+
+
+def test_postgres_counter_counts_executes_and_queries_across_reads() -> None:
+    ssl_request = struct.pack("!II", 8, 80877103)
+    startup = struct.pack("!II", 17, 196608) + b"user\0pg\0\0"
+    stream = ssl_request + startup + _pg(b"Q", b"BEGIN\0") + _pg(b"P", b"x" * 10)
+    stream += _pg(b"B") + _pg(b"E", b"\0\0\0\0\0") + _pg(b"S") + _pg(b"E", b"\0\0\0\0\0")
+    counter = PostgresCounter()
+    for i in range(0, len(stream), 3):  # split at awkward places, as TCP may
+        counter.feed(stream[i : i + 3])
+    assert counter.statements == 3
+
+
+def test_mysql_counter_counts_commands_not_handshake_packets() -> None:
+    def packet(sequence: int, payload: bytes) -> bytes:
+        return len(payload).to_bytes(3, "little") + bytes([sequence]) + payload
+
+    stream = packet(1, b"\x03login-response-looks-like-a-query")
+    stream += packet(0, b"\x03SELECT 1") + packet(0, b"\x0e") + packet(0, b"\x17\x01\0\0\0")
+    counter = MySQLCounter()
+    counter.feed(stream[:5])
+    counter.feed(stream[5:])
+    assert counter.statements == 2
+
+
+SECTIONS = {"server", "worker", "ceiling", "scheduling", "pickup", "idle", "peer", "suite"}
+
+
+def test_a_small_bench_run_reports_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    plot = tmp_path / "bench.png" if importlib.util.find_spec("matplotlib") else Path("-")
+    args = ["bench", "--backend", "sqlite", "--tasks", "200", "--idle-seconds", "1"]
+    args += ["--pickup-samples", "6", "--json", str(out), "--plot", str(plot)]
+    result = CliRunner().invoke(main, args, env={"ZART_RUN_DIR": str(tmp_path)})
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    assert {"generated_at", "machine", "settings", "backends", "ratios"} <= set(doc)
+    section = doc["backends"]["sqlite"]
+    assert set(section) == SECTIONS
+    assert section["worker"]["1"]["tasks"] == 200 and section["ceiling"]["1"]["per_second"] > 0
+    assert "skipped" in section["worker"]["2"]  # SQLite declares no concurrent workers
+    assert section["scheduling"]["single"]["samples"] == 200
+    assert section["pickup"]["poll"]["samples"] == 3
+    assert section["idle"]["seconds"] == 1
+    assert "skipped" in section["peer"] and "skipped" in section["suite"]
+    assert [row["what"] for row in doc["ratios"]] == ["worker / ceiling, 1 process"]
+    if plot != Path("-"):
+        assert plot.stat().st_size > 0

@@ -1,0 +1,235 @@
+"""The ceiling: the worker's own claim and complete statements, driven with the bare driver.
+
+No SQLAlchemy at run time, no worker: SQLAlchemy only renders, before the clock starts, the
+very statement objects the reference backend executes (``SQLBackend._claim_update`` and
+friends), and each ceiling process runs them in the backend's order and transactions with
+asyncpg, aiomysql or aiosqlite. Same batch (max_tasks_per_poll) and the same tasks in flight
+(max_concurrent_tasks: claim loops of one batch each), so the ratio worker / ceiling is what
+the worker's Python costs.
+
+Run as ``python -m zart_conformance.bench.ceiling SPEC`` it is one ceiling process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import pickle
+import signal
+import sys
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.sql import ClauseElement
+
+from zart_conformance.provision import Target
+from zart_ref import PoolConfig, SQLBackend, WorkerConfig
+from zart_ref.sql import _group_binds
+
+from .stamps import mark_ready
+from .throughput import POLL
+
+EXPANDING = "__[POSTCOMPILE_ids]"
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A rendered statement: its text, the order of its parameters and their fixed values."""
+
+    sql: str
+    names: tuple[str, ...]
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+    def args(self, values: dict[str, Any]) -> list[Any]:
+        merged = {**self.fixed, **values}
+        out: list[Any] = []
+        for name in self.names:
+            value = merged[name]
+            out.extend(value if name == "ids" else [value])
+        return out
+
+    def sql_for(self, ids: int) -> str:
+        """The text with the expanding ``ids`` list spelled out (MySQL's format style)."""
+        return self.sql.replace(EXPANDING, ", ".join(["%s"] * ids))
+
+
+def render(backend: SQLBackend, stmt: ClauseElement) -> Statement:
+    translate = {None: backend.schema} if backend.schema else None
+    compiled = stmt.compile(
+        dialect=backend.engine.dialect,
+        schema_translate_map=translate,
+        render_schema_translate=bool(translate),
+    )
+    fixed = {name: bind.effective_value for name, bind in compiled.binds.items()}
+    return Statement(compiled.string, tuple(compiled.positiontup or ()), fixed)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """Everything a ceiling process needs: connection, statements, batch and concurrency."""
+
+    dialect: str
+    connect: dict[str, Any]
+    claim: list[Statement]
+    complete: dict[int, list[Statement]]
+    batch: int
+    loops: int
+    lease: float
+
+
+def spec_for(backend: SQLBackend, config: WorkerConfig | None = None) -> Spec:
+    config = config or WorkerConfig()
+    batch = config.max_tasks_per_poll
+    dialect = backend.dialect.name
+    if dialect == "mysql":
+        claim = [render(backend, backend._claim_lock()), render(backend, backend._claim_mark())]
+        complete = {
+            n: [
+                render(backend, backend._complete_lock(n)),
+                render(backend, backend._complete_update(n, fenced=False)),
+            ]
+            for n in range(1, batch + 1)
+        }
+    else:
+        claim = [render(backend, backend._claim_update(config.lease_duration))]
+        complete = {n: [render(backend, backend._complete_update(n))] for n in range(1, batch + 1)}
+    return Spec(
+        dialect=dialect,
+        connect=_connect_args(backend),
+        claim=claim,
+        complete=complete,
+        batch=batch,
+        loops=math.ceil(config.max_concurrent_tasks / batch),
+        lease=config.lease_duration,
+    )
+
+
+def _connect_args(backend: SQLBackend) -> dict[str, Any]:
+    """The driver's connect() arguments: the URL and the dialect's own session settings."""
+    url = backend.url
+    options = backend.dialect.engine_options(url, PoolConfig()).get("connect_args", {})
+    if backend.dialect.name == "postgresql":
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return {"dsn": dsn, **options}
+    if backend.dialect.name == "mysql":
+        where = {"host": url.host, "port": url.port or 3306, "user": url.username}
+        return {**where, "password": url.password or "", "db": url.database, **options}
+    return {"database": url.database, **options}
+
+
+def ceiling_command(run_dir: Path) -> Any:
+    """A throughput command factory: writes the target's spec, returns the process command."""
+
+    def command(target: Target, backend: SQLBackend) -> list[str]:
+        path = run_dir / f"ceiling-{uuid.uuid4().hex[:8]}.spec"
+        path.write_bytes(pickle.dumps(spec_for(backend)))
+        return [sys.executable, "-m", "zart_conformance.bench.ceiling", str(path)]
+
+    return command
+
+
+# -- one ceiling process -----------------------------------------------------------------
+
+
+async def _pg_loop(spec: Spec, worker_id: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(**spec.connect)
+    (claim,) = spec.claim
+    while True:
+        token = uuid.uuid4().hex
+        binds = {"worker_id": worker_id, "token": token, "limit": spec.batch}
+        rows = await conn.fetch(claim.sql, *claim.args(binds))
+        if not rows:
+            await asyncio.sleep(POLL)
+            continue
+        (complete,) = spec.complete[len(rows)]
+        items = {row["id"]: (token, "null") for row in rows}
+        await conn.fetch(complete.sql, *complete.args(_group_binds(items)))
+
+
+async def _mysql_loop(spec: Spec, worker_id: str) -> None:
+    import aiomysql
+
+    conn = await aiomysql.connect(autocommit=False, **spec.connect)
+    lock, mark = spec.claim
+    lease = timedelta(microseconds=round(spec.lease * 1_000_000))
+    async with conn.cursor() as cur:
+        while True:
+            token = uuid.uuid4().hex
+            binds = {"worker_id": worker_id, "token": token, "limit": spec.batch}
+            await cur.execute(lock.sql, lock.args(binds))
+            rows = await cur.fetchall()
+            if not rows:
+                await conn.commit()
+                await asyncio.sleep(POLL)
+                continue
+            ids = [row[0] for row in rows]
+            now = rows[0][-1]
+            marks = {**binds, "ids": ids, "now": now, "expires": now + lease}
+            await cur.execute(mark.sql_for(len(ids)), mark.args(marks))
+            await conn.commit()
+            complete_lock, _ = spec.complete[len(ids)]
+            items = {task_id: (token, "null") for task_id in ids}
+            await cur.execute(complete_lock.sql, complete_lock.args(_group_binds(items)))
+            locked = await cur.fetchall()
+            held = {row[0]: items[row[0]] for row in locked if row[1] == token}
+            if held:
+                _, update = spec.complete[len(held)]
+                await cur.execute(
+                    update.sql, update.args({**_group_binds(held), "now": locked[0][2]})
+                )
+            await conn.commit()
+
+
+async def _sqlite_loop(spec: Spec, worker_id: str) -> None:
+    import aiosqlite
+
+    conn = await aiosqlite.connect(spec.connect["database"], isolation_level=None)
+    busy_ms = int(spec.connect.get("timeout", 30) * 1000)
+    for pragma in ("journal_mode=WAL", f"busy_timeout={busy_ms}", "synchronous=NORMAL"):
+        await conn.execute(f"PRAGMA {pragma}")
+
+    async def transaction(statement: Statement, binds: dict[str, Any]) -> list[Any]:
+        await conn.execute("BEGIN IMMEDIATE")
+        cursor = await conn.execute(statement.sql, statement.args(binds))
+        rows = list(await cursor.fetchall())
+        await conn.execute("COMMIT")
+        return rows
+
+    (claim,) = spec.claim
+    while True:
+        token = uuid.uuid4().hex
+        rows = await transaction(
+            claim, {"worker_id": worker_id, "token": token, "limit": spec.batch}
+        )
+        if not rows:
+            await asyncio.sleep(POLL)
+            continue
+        (complete,) = spec.complete[len(rows)]
+        await transaction(complete, _group_binds({row[0]: (token, "null") for row in rows}))
+
+
+LOOPS = {"postgresql": _pg_loop, "mysql": _mysql_loop, "sqlite": _sqlite_loop}
+
+
+async def _serve(spec: Spec) -> None:
+    worker_id = f"ceiling-{os.getpid()}"
+    loops = [asyncio.create_task(LOOPS[spec.dialect](spec, worker_id)) for _ in range(spec.loops)]
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    mark_ready()
+    stopped = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([*loops, stopped], return_when=asyncio.FIRST_COMPLETED)
+    for task in [*loops, stopped]:
+        task.cancel()
+    for task in done - {stopped}:
+        task.result()  # a loop that ended on its own failed: its error ends the process
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve(pickle.loads(Path(sys.argv[1]).read_bytes())))

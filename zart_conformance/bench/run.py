@@ -1,0 +1,157 @@
+"""The bench run: every measurement on every backend, in one process, one after another."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
+
+from zart_conformance.backends import resolve_descriptor
+from zart_conformance.provision import provision
+
+from . import peer
+from .ceiling import ceiling_command
+from .db import BenchDB
+from .idle import idle_load
+from .pickup import pickup
+from .report import document
+from .scheduling import scheduling
+from .suite_time import from_result_file, run_suite
+from .throughput import drain_rate, worker_throughput
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class BenchOptions:
+    tasks: int = 20_000
+    singles: int = 200
+    # Samples with LISTEN/NOTIFY; polling takes half as many (each waits up to a poll).
+    pickup_samples: int = 200
+    # Pickup by polling is timed with this interval: at the default (5 s) it is ~2.5 s.
+    poll_interval: float = 0.1
+    idle_seconds: float = 30.0
+    suite: bool = False
+    suite_files: list[Path] = field(default_factory=list)
+    run_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("ZART_RUN_DIR", ".zart-runs")) / "bench"
+    )
+
+
+async def bench(backends: list[str], options: BenchOptions, say: Say) -> dict[str, Any]:
+    sections = {}
+    for name in backends:
+        sections[name] = await _backend(name, options, say)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
+    settings["suite_files"] = [str(p) for p in options.suite_files]
+    return document(sections, settings)
+
+
+async def _backend(name: str, options: BenchOptions, say: Say) -> dict[str, Any]:
+    descriptor = resolve_descriptor(name)
+    server = provision(descriptor)
+    try:
+        db = BenchDB(descriptor, server, options.run_dir.resolve())
+        section: dict[str, Any] = {"server": await _server_version(db)}
+
+        async def step(label: str, measure: Callable[[], Awaitable[Any]]) -> Any:
+            say(f"{name}: {label} ...")
+            began = time.monotonic()
+            result = await measure()
+            say(f"{name}: {label}: {_headline(result)} ({time.monotonic() - began:.1f}s)")
+            return result
+
+        processes = [1, 2] if "concurrent_workers" in descriptor.capabilities else [1]
+        count = options.tasks
+        section["worker"], section["ceiling"] = {}, {}
+        ceiling = ceiling_command(db.run_dir)
+        for n in processes:
+            section["worker"][str(n)] = await step(
+                f"zart worker, {n} process(es)", lambda n=n: worker_throughput(db, count, n)
+            )
+            section["ceiling"][str(n)] = await step(
+                f"raw-SQL ceiling, {n} process(es)", lambda n=n: drain_rate(db, count, n, ceiling)
+            )
+        if len(processes) == 1:
+            section["worker"]["2"] = section["ceiling"]["2"] = {
+                "skipped": f"backend {name} does not declare concurrent_workers"
+            }
+        section["scheduling"] = await step(
+            "scheduling", lambda: scheduling(db, count, options.singles)
+        )
+        section["pickup"] = {}
+        if "listen_notify" in descriptor.capabilities:
+            section["pickup"]["listen"] = await step(
+                "pickup, LISTEN/NOTIFY",
+                lambda: pickup(db, options.pickup_samples, listen=True, poll=5.0),
+            )
+        section["pickup"]["poll"] = await step(
+            f"pickup, polling every {options.poll_interval:g}s",
+            lambda: pickup(
+                db, max(1, options.pickup_samples // 2), listen=False, poll=options.poll_interval
+            ),
+        )
+        section["idle"] = await step("idle load", lambda: idle_load(db, options.idle_seconds))
+        section["peer"] = await _peer(db, options, processes, step)
+        section["suite"] = await _suite(name, options, db, step)
+        return section
+    finally:
+        server.close()
+
+
+async def _peer(db: BenchDB, options: BenchOptions, processes: list[int], step: Any) -> Any:
+    if db.dialect != "postgresql":
+        return {"skipped": f"no peer queue for {db.dialect} in the bench"}
+    missing = peer.available()
+    if missing:
+        return {"skipped": missing}
+    assert db.server.url is not None
+    url = db.server.url
+    return await step(
+        "pgqueuer (bulk, drain, pickup)",
+        lambda: peer.peer_section(
+            url, db.run_dir, options.tasks, processes, options.pickup_samples
+        ),
+    )
+
+
+async def _suite(name: str, options: BenchOptions, db: BenchDB, step: Any) -> Any:
+    for path in options.suite_files:
+        summary = from_result_file(path)
+        if summary["backend"] == name:
+            return summary
+    if not options.suite:
+        return {"skipped": "not asked for (--suite, or --suite-json with a result file)"}
+    return await step("conformance suite", lambda: run_suite(name, db.run_dir))
+
+
+async def _server_version(db: BenchDB) -> str:
+    sqlite = db.dialect == "sqlite"
+    query = "SELECT 'SQLite ' || sqlite_version()" if sqlite else "SELECT version()"
+    async with db.fresh("version") as (_, backend), backend.engine.connect() as conn:
+        return str((await conn.execute(text(query))).scalar())
+
+
+def _headline(result: Any) -> str:
+    if not isinstance(result, dict):
+        return str(result)
+    if "per_second" in result and "statements" not in result:
+        return f"{result['per_second']:,.0f}/s"
+    if "p50_ms" in result:
+        return f"p50 {result['p50_ms']:.1f} ms, p95 {result['p95_ms']:.1f} ms"
+    if "statements" in result:
+        return f"{result['per_second']:.2f} statements/s ({result['per_poll_interval']} per poll)"
+    if "bulk" in result and "single" in result:
+        single = result["single"]
+        return f"bulk {result['bulk']['per_second']:,.0f}/s, single p50 {single['p50_ms']:.1f} ms"
+    if "worker" in result and "name" in result:
+        rates = ", ".join(f"{n}p {r['per_second']:,.0f}/s" for n, r in result["worker"].items())
+        return f"{result['name']}: bulk {result['bulk']['per_second']:,.0f}/s, {rates}"
+    if "seconds" in result:
+        return f"{result['seconds']}s"
+    return ""
