@@ -153,6 +153,11 @@ class Worker:
             await self._cancel_all("shutdown")
             self.emit("worker_stopped")
 
+    def observed(self, kind: str) -> bool:
+        """Whether an event of ``kind`` has a listener or a log line: the per-task events
+        (claimed, writing, completed) are only built when it does."""
+        return bool(self._listeners) or (kind in _LOGGED and log.isEnabledFor(_LOGGED[kind]))
+
     def emit(self, kind: str, **data: Any) -> None:
         data["worker"] = self.worker_id
         if kind in _LOGGED:
@@ -188,7 +193,7 @@ class Worker:
                 continue
             failures = 0
             self._db_ok()
-            if claimed:
+            if claimed and self.observed("claimed"):
                 self.emit(
                     "claimed",
                     limit=limit,
@@ -389,7 +394,8 @@ class Worker:
         failures = 0
         # Logged before the write: if this process dies now, the checker knows the write may
         # have landed, and does not judge the next owner by a lease that may have ended.
-        self.emit("writing", task=task.id, token=task.token, operation=operation)
+        if self.observed("writing"):
+            self.emit("writing", task=task.id, token=task.token, operation=operation)
         while True:
             began = time.monotonic()
             try:
@@ -419,7 +425,8 @@ class Worker:
                 return
             self._db_ok()
             kind = _DONE[operation]
-            self.emit(kind, task=task.id, token=task.token, at=_iso(at), **extra)
+            if self.observed(kind):
+                self.emit(kind, task=task.id, token=task.token, at=_iso(at), **extra)
             return
 
     async def _give_back(self, task: ClaimedTask) -> None:
