@@ -47,6 +47,17 @@ def descriptor(directory: Path, extra: str, *, backend: str = "zart_ref.sql:SQLB
     return path
 
 
+def project_importing_the_suite(directory: Path) -> Path:
+    """A third party's layout: a conftest giving the backend, a module importing the suite."""
+    path = descriptor(directory, "")
+    (directory / "conftest.py").write_text(
+        "import pytest\n\n@pytest.fixture(scope='session')\n"
+        f"def zart_backend():\n    return {str(path)!r}\n"
+    )
+    (directory / "test_conf.py").write_text(SUITE_IMPORT)
+    return path
+
+
 def collected(output: str) -> list[str]:
     return sorted(re.findall(r"test_zart_scenario\[([a-z0-9-]+)\]", output))
 
@@ -78,12 +89,7 @@ def test_suite_import_without_a_backend_says_how_to_give_one(tmp_path: Path) -> 
 
 
 def test_conftest_backend_runs_and_reports_json_and_junit(tmp_path: Path) -> None:
-    path = descriptor(tmp_path, "")
-    (tmp_path / "conftest.py").write_text(
-        "import pytest\n\n@pytest.fixture(scope='session')\n"
-        f"def zart_backend():\n    return {str(path)!r}\n"
-    )
-    (tmp_path / "test_conf.py").write_text(SUITE_IMPORT)
+    path = project_importing_the_suite(tmp_path)
     pytest_in(
         tmp_path,
         "-k",
@@ -179,12 +185,7 @@ def test_ledger_entry_naming_no_scenario_is_an_error(tmp_path: Path) -> None:
 
 
 def test_backend_option_and_conftest_fixture_may_not_disagree(tmp_path: Path) -> None:
-    path = descriptor(tmp_path, "")
-    (tmp_path / "conftest.py").write_text(
-        "import pytest\n\n@pytest.fixture(scope='session')\n"
-        f"def zart_backend():\n    return {str(path)!r}\n"
-    )
-    (tmp_path / "test_conf.py").write_text(SUITE_IMPORT)
+    project_importing_the_suite(tmp_path)
     out = pytest_in(
         tmp_path,
         "test_conf.py",
