@@ -13,6 +13,7 @@ Run as ``python -m zart_conformance.bench.ceiling SPEC`` it is one ceiling proce
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import pickle
@@ -140,16 +141,19 @@ async def _pg_loop(spec: Spec, worker_id: str) -> None:
 
     conn = await asyncpg.connect(**spec.connect)
     (claim,) = spec.claim
-    while True:
-        token = uuid.uuid4().hex
-        binds = {"worker_id": worker_id, "token": token, "limit": spec.batch}
-        rows = await conn.fetch(claim.sql, *claim.args(binds))
-        if not rows:
-            await asyncio.sleep(POLL)
-            continue
-        (complete,) = spec.complete[len(rows)]
-        items = {row["id"]: (token, "null") for row in rows}
-        await conn.fetch(complete.sql, *complete.args(_group_binds(items)))
+    try:
+        while True:
+            token = uuid.uuid4().hex
+            binds = {"worker_id": worker_id, "token": token, "limit": spec.batch}
+            rows = await conn.fetch(claim.sql, *claim.args(binds))
+            if not rows:
+                await asyncio.sleep(POLL)
+                continue
+            (complete,) = spec.complete[len(rows)]
+            items = {row["id"]: (token, "null") for row in rows}
+            await conn.fetch(complete.sql, *complete.args(_group_binds(items)))
+    finally:
+        conn.terminate()
 
 
 async def _mysql_loop(spec: Spec, worker_id: str) -> None:
@@ -158,7 +162,9 @@ async def _mysql_loop(spec: Spec, worker_id: str) -> None:
     conn = await aiomysql.connect(autocommit=False, **spec.connect)
     lock, mark = spec.claim
     lease = timedelta(microseconds=round(spec.lease * 1_000_000))
-    async with conn.cursor() as cur:
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(conn.close)
+        cur = await stack.enter_async_context(conn.cursor())
         while True:
             token = uuid.uuid4().hex
             binds = {"worker_id": worker_id, "token": token, "limit": spec.batch}
@@ -186,32 +192,40 @@ async def _mysql_loop(spec: Spec, worker_id: str) -> None:
             await conn.commit()
 
 
+# Like SQLBackend, a process's SQLite transactions queue on a lock, not in the busy handler.
+_SQLITE_WRITER: asyncio.Lock | None = None
+
+
 async def _sqlite_loop(spec: Spec, worker_id: str) -> None:
     import aiosqlite
 
+    global _SQLITE_WRITER
+    writer = _SQLITE_WRITER = _SQLITE_WRITER or asyncio.Lock()
     conn = await aiosqlite.connect(spec.connect["database"], isolation_level=None)
     busy_ms = int(spec.connect.get("timeout", 30) * 1000)
     for pragma in ("journal_mode=WAL", f"busy_timeout={busy_ms}", "synchronous=NORMAL"):
         await conn.execute(f"PRAGMA {pragma}")
 
     async def transaction(statement: Statement, binds: dict[str, Any]) -> list[Any]:
-        await conn.execute("BEGIN IMMEDIATE")
-        cursor = await conn.execute(statement.sql, statement.args(binds))
-        rows = list(await cursor.fetchall())
-        await conn.execute("COMMIT")
-        return rows
+        async with writer:
+            await conn.execute("BEGIN IMMEDIATE")
+            cursor = await conn.execute(statement.sql, statement.args(binds))
+            rows = list(await cursor.fetchall())
+            await conn.execute("COMMIT")
+            return rows
 
     (claim,) = spec.claim
-    while True:
-        token = uuid.uuid4().hex
-        rows = await transaction(
-            claim, {"worker_id": worker_id, "token": token, "limit": spec.batch}
-        )
-        if not rows:
-            await asyncio.sleep(POLL)
-            continue
-        (complete,) = spec.complete[len(rows)]
-        await transaction(complete, _group_binds({row[0]: (token, "null") for row in rows}))
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(conn.close)
+        while True:
+            token = uuid.uuid4().hex
+            binds = {"worker_id": worker_id, "token": token, "limit": spec.batch}
+            rows = await transaction(claim, binds)
+            if not rows:
+                await asyncio.sleep(POLL)
+                continue
+            (complete,) = spec.complete[len(rows)]
+            await transaction(complete, _group_binds({row[0]: (token, "null") for row in rows}))
 
 
 LOOPS = {"postgresql": _pg_loop, "mysql": _mysql_loop, "sqlite": _sqlite_loop}
