@@ -158,38 +158,53 @@ async def _pg_loop(spec: Spec, worker_id: str) -> None:
 
 async def _mysql_loop(spec: Spec, worker_id: str) -> None:
     import aiomysql
+    import pymysql
 
     conn = await aiomysql.connect(autocommit=False, **spec.connect)
     lock, mark = spec.claim
     lease = timedelta(microseconds=round(spec.lease * 1_000_000))
+
+    async def claim(cur: Any, binds: dict[str, Any]) -> list[str]:
+        await cur.execute(lock.sql, lock.args(binds))
+        rows = await cur.fetchall()
+        if rows:
+            ids, now = [row[0] for row in rows], rows[0][-1]
+            marks = {**binds, "ids": ids, "now": now, "expires": now + lease}
+            await cur.execute(mark.sql_for(len(ids)), mark.args(marks))
+        return [row[0] for row in rows]
+
+    async def complete(cur: Any, items: dict[str, tuple[str, str]]) -> None:
+        complete_lock, _ = spec.complete[len(items)]
+        await cur.execute(complete_lock.sql, complete_lock.args(_group_binds(items)))
+        locked = await cur.fetchall()
+        held = {row[0]: items[row[0]] for row in locked if row[1] == items[row[0]][0]}
+        if held:
+            _, update = spec.complete[len(held)]
+            await cur.execute(update.sql, update.args({**_group_binds(held), "now": locked[0][2]}))
+
+    async def transaction(cur: Any, body: Any, *args: Any) -> Any:
+        """Commit, or roll back and run again on a deadlock or lock wait, as SQLBackend does."""
+        while True:
+            try:
+                result = await body(cur, *args)
+                await conn.commit()
+                return result
+            except pymysql.err.OperationalError as exc:
+                if exc.args[0] not in (1213, 1205):
+                    raise
+                await conn.rollback()
+
     async with contextlib.AsyncExitStack() as stack:
         stack.callback(conn.close)
         cur = await stack.enter_async_context(conn.cursor())
         while True:
             token = uuid.uuid4().hex
             binds = {"worker_id": worker_id, "token": token, "limit": spec.batch}
-            await cur.execute(lock.sql, lock.args(binds))
-            rows = await cur.fetchall()
-            if not rows:
-                await conn.commit()
+            ids = await transaction(cur, claim, binds)
+            if not ids:
                 await asyncio.sleep(POLL)
                 continue
-            ids = [row[0] for row in rows]
-            now = rows[0][-1]
-            marks = {**binds, "ids": ids, "now": now, "expires": now + lease}
-            await cur.execute(mark.sql_for(len(ids)), mark.args(marks))
-            await conn.commit()
-            complete_lock, _ = spec.complete[len(ids)]
-            items = {task_id: (token, "null") for task_id in ids}
-            await cur.execute(complete_lock.sql, complete_lock.args(_group_binds(items)))
-            locked = await cur.fetchall()
-            held = {row[0]: items[row[0]] for row in locked if row[1] == token}
-            if held:
-                _, update = spec.complete[len(held)]
-                await cur.execute(
-                    update.sql, update.args({**_group_binds(held), "now": locked[0][2]})
-                )
-            await conn.commit()
+            await transaction(cur, complete, {task_id: (token, "null") for task_id in ids})
 
 
 # Like SQLBackend, a process's SQLite transactions queue on a lock, not in the busy handler.
