@@ -80,7 +80,17 @@ def test_mysql_counter_counts_commands_not_handshake_packets() -> None:
     assert counter.statements == 2
 
 
-SECTIONS = {"server", "worker", "ceiling", "scheduling", "pickup", "idle", "peer", "suite"}
+SECTIONS = {
+    "server",
+    "load_average",
+    "worker",
+    "ceiling",
+    "scheduling",
+    "pickup",
+    "idle",
+    "peer",
+    "suite",
+}
 
 
 def test_a_small_bench_run_reports_every_section(tmp_path: Path) -> None:

@@ -58,6 +58,8 @@ async def _backend(name: str, options: BenchOptions, say: Say) -> dict[str, Any]
     try:
         db = BenchDB(descriptor, server, options.run_dir.resolve())
         section: dict[str, Any] = {"server": await _server_version(db)}
+        # Other work on the machine moves every number: the 1/5/15-minute load at the start.
+        section["load_average"] = [round(x, 2) for x in os.getloadavg()]
 
         async def step(label: str, measure: Callable[[], Awaitable[Any]]) -> Any:
             say(f"{name}: {label} ...")
