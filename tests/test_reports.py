@@ -13,7 +13,7 @@ from zart_conformance.backends import REFERENCE_FACTORY, load_descriptor, resolv
 from zart_conformance.data import backends_dir
 from zart_conformance.eventlog import History
 from zart_conformance.ledger import judge, updated_ledger
-from zart_conformance.matrix import problems, render
+from zart_conformance.matrix import merge, problems, render
 from zart_conformance.report import write_report
 from zart_conformance.runner import ScenarioResult
 from zart_conformance.schema import DataError
@@ -143,6 +143,8 @@ def matrix(cells: dict[str, dict[str, str]], why: dict[str, str]) -> dict[str, A
     return {
         "backend": "postgres",
         "seed": 1,
+        "seeds": dict.fromkeys(["reference", *cells], 1),
+        "why": {m: {} for m in cells},
         "mutants": dict.fromkeys(cells, "Cx"),
         "reference": dict.fromkeys(why, "passed"),
         "cells": cells,
@@ -160,6 +162,18 @@ def test_matrix_problems_name_uncaught_mutants_and_unexplained_scenarios() -> No
         "scenario s1 catches no mutant and does not say why it exists "
         '(add `without_mutant = "..."` to its file)',
     ]
+
+
+def test_a_row_run_again_replaces_its_cells_and_keeps_a_failed_control() -> None:
+    old = matrix({"M": {"s1": "error", "s2": "missed"}}, {"s1": "", "s2": "why"})
+    old["why"]["M"] = {"s1": "TypeError: no listen_url"}
+    assert problems(old)[0] == "mutant M could not run s1: TypeError: no listen_url"
+    new = {**matrix({"M": {"s1": "caught", "s2": "missed"}}, {"s1": "", "s2": "why"}), "seed": 9}
+    new["reference"] = {"s1": "passed", "s2": "flaky"}
+    merged = merge(old, {**new, "mutants": {"M": "Cx"}})
+    assert merged["cells"]["M"] == {"s1": "caught", "s2": "missed"}
+    assert merged["seeds"]["M"] == 9 and merged["reference"]["s2"] == "flaky"
+    assert "(rows run again: M with seed 9)" in render(merged)
 
 
 def test_dsn_only_descriptor_uses_the_reference_backend(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from .bench.command import bench_command
 from .checker import COUNTERS
 from .data import scenarios_dir
 from .ledger import updated_ledger
+from .matrix import merge as merge_matrix
 from .matrix import mutation_matrix
 from .matrix import problems as matrix_problems
 from .matrix import render as render_matrix
@@ -187,8 +188,14 @@ def timeline(run_dir: Path, out: Path | None) -> None:
     is_flag=True,
     help="Run nothing: re-read the scenarios' without_mutant reasons into the existing files.",
 )
+@click.option(
+    "--mutant",
+    "only",
+    multiple=True,
+    help="Run only this mutant's row (and the reference) and merge it into the existing files.",
+)
 def mutation_matrix_command(
-    backend: str, seed: int | None, jobs: int, out: Path, rerender: bool
+    backend: str, seed: int | None, jobs: int, out: Path, rerender: bool, only: tuple[str, ...]
 ) -> None:
     """Run every mutant against every scenario (and the reference as control)."""
     seed = seed if seed is not None else new_seed()
@@ -207,9 +214,12 @@ def mutation_matrix_command(
                 descriptor,
                 options,
                 jobs=jobs,
+                only=only,
                 progress=lambda t: console.print(f"  {t}", style="dim"),
             )
         )
+        if only:
+            matrix = merge_matrix(json.loads((out / "mutation-matrix.json").read_text()), matrix)
     _write_matrix(matrix, out)
 
 

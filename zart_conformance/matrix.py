@@ -15,6 +15,7 @@ from .data import scenarios_dir
 from .mutants import MUTANTS
 from .runner import RunOptions
 from .scenario import Scenario, load_all
+from .schema import DataError
 from .suite_runner import Suite
 
 REFERENCE = "reference"
@@ -68,12 +69,17 @@ async def mutation_matrix(
     options: RunOptions,
     *,
     jobs: int = 2,
+    only: Sequence[str] = (),
     progress: Callable[[str], None] = lambda _text: None,
 ) -> dict[str, Any]:
+    """The reference and every mutant (or ``only`` these) against every scenario."""
+    unknown = sorted(set(only) - set(MUTANTS))
+    if unknown:
+        raise DataError(f"unknown mutant(s) {unknown}; known: {sorted(MUTANTS)}")
     scenarios = load_all(scenarios_dir())
     limit = asyncio.Semaphore(jobs)
     rows = {REFERENCE: await _row(descriptor, scenarios, options, limit, progress)}
-    for mutant in MUTANTS:
+    for mutant in only or MUTANTS:
         factory = f"zart_conformance.mutants:{mutant}"
         rows[mutant] = await _row(
             descriptor.with_factory(factory), scenarios, options, limit, progress
@@ -81,11 +87,13 @@ async def mutation_matrix(
     control = _outcomes(rows[REFERENCE])
     cells = {
         mutant: {s.id: _cell(rows[mutant][s.id][0], control[s.id]) for s in scenarios}
-        for mutant in MUTANTS
+        for mutant in rows
+        if mutant != REFERENCE
     }
     return {
         "backend": descriptor.name,
         "seed": options.seed,
+        "seeds": dict.fromkeys(rows, options.seed),
         "mutants": dict(MUTANTS),
         "reference": control,
         "cells": cells,
@@ -98,9 +106,27 @@ async def mutation_matrix(
     }
 
 
+def merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``old`` with the rows ``new`` ran again; the new run's reference must pass too."""
+    if old["backend"] != new["backend"]:
+        raise DataError(f"cannot merge a {new['backend']} row into a {old['backend']} matrix")
+    merged = {**old, "cells": {**old["cells"]}, "why": {**old["why"]}, "seeds": {**old["seeds"]}}
+    for mutant in new["cells"]:
+        merged["cells"][mutant] = new["cells"][mutant]
+        merged["why"][mutant] = new["why"][mutant]
+        merged["seeds"][mutant] = new["seed"]
+    # A row is only as good as the control it ran beside.
+    for scenario, control in new["reference"].items():
+        if control != "passed" and merged["reference"][scenario] == "passed":
+            merged["reference"][scenario] = control
+    merged["mutants"] = {**old["mutants"], **new["mutants"]}
+    merged["without_mutant"] = new["without_mutant"]
+    return merged
+
+
 def _cell(outcome: str, control: str) -> str:
-    if outcome == "not_applicable":
-        return NOT_APPLICABLE
+    if outcome in ("not_applicable", "error"):
+        return NOT_APPLICABLE if outcome == "not_applicable" else "error"
     if control != "passed":
         return f"reference {control}"
     if outcome == FLAKY:
@@ -110,7 +136,12 @@ def _cell(outcome: str, control: str) -> str:
 
 def problems(matrix: dict[str, Any]) -> list[str]:
     """What makes a matrix unacceptable: a mutant nothing catches, a scenario with no reason."""
-    found = []
+    found = [
+        f"mutant {mutant} could not run {scenario}: {matrix['why'][mutant].get(scenario, '')}"
+        for mutant, row in matrix["cells"].items()
+        for scenario, cell in row.items()
+        if cell == "error"
+    ]
     for mutant, row in matrix["cells"].items():
         if CAUGHT not in row.values():
             found.append(f"mutant {mutant} ({matrix['mutants'][mutant]}) is caught by no scenario")
@@ -126,6 +157,13 @@ def problems(matrix: dict[str, Any]) -> list[str]:
     return found
 
 
+def _reruns(matrix: dict[str, Any]) -> str:
+    again = {m: seed for m, seed in matrix["seeds"].items() if seed != matrix["seed"]}
+    if not again:
+        return ""
+    return " (rows run again: " + ", ".join(f"{m} with seed {s}" for m, s in again.items()) + ")"
+
+
 def render(matrix: dict[str, Any]) -> str:
     scenarios = sorted(matrix["reference"])
     mutants = list(matrix["cells"])
@@ -134,7 +172,7 @@ def render(matrix: dict[str, Any]) -> str:
         "# Mutation matrix",
         "",
         "Each deliberately broken backend (`zart_conformance/mutants.py`) against each scenario,",
-        f"on {matrix['backend']} with seed {matrix['seed']}. A mutant is *caught* by a scenario",
+        f"on {matrix['backend']} with seed {matrix['seed']}{_reruns(matrix)}. A mutant is *caught* by a scenario",
         "that failed it while the unbroken reference backend passed the same scenario in the",
         "same run. Regenerate with `nox -s mutation-matrix`; `tests/test_mutation_matrix.py`",
         "holds this file to the code.",

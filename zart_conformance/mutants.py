@@ -135,9 +135,9 @@ class NoStatementTimeouts(SQLBackend):
     """Breaks C8.3: database calls have no bound of their own (an hour), so a black-holed
     socket hangs the worker until the network comes back instead of failing fast."""
 
-    def __init__(self, url: Any, *, pool: PoolConfig | None = None, schema: str | None = None):
+    def __init__(self, url: Any, *, pool: PoolConfig | None = None, **options: Any) -> None:
         unbounded = replace(pool or PoolConfig(), statement_timeout=3600.0, acquire_timeout=3600.0)
-        super().__init__(url, pool=unbounded, schema=schema)
+        super().__init__(url, pool=unbounded, **options)
 
 
 class ForgetfulSteps(SQLBackend):
