@@ -561,7 +561,8 @@ class SQLBackend(DurableSQL):
                 await conn.execute(stmt)
             return ids
 
-        return await self.run(body)
+        # One UPDATE ... RETURNING where the dialect has it: autocommit, one statement idle.
+        return await self.run(body, single_statement=self.dialect.update_returning)
 
     # -- notifications --------------------------------------------------------------------
 
