@@ -246,7 +246,7 @@ def test_malformed_scenario_is_rejected(
         ),
         pytest.param(
             "[capabilities]",
-            '[expected_failures]\nstale-owner = 3\n\n[capabilities]',
+            "[expected_failures]\nstale-owner = 3\n\n[capabilities]",
             ["'expected_failures.stale-owner'", "3"],
             id="ledger-reason-not-a-string",
         ),
