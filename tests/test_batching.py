@@ -8,6 +8,9 @@ import pytest
 
 from zart_ref.batching import GroupCommit
 
+LONG = 60.0  # a bound no test here reaches
+SHORT = 0.2  # a bound the hanging flushes below run into
+
 
 async def test_callers_waiting_together_share_one_flush() -> None:
     flushes: list[dict[str, int]] = []
@@ -17,7 +20,7 @@ async def test_callers_waiting_together_share_one_flush() -> None:
         await asyncio.sleep(0)
         return {key: value * 10 for key, value in items.items() if key != "lost"}
 
-    group: GroupCommit[str, int, int] = GroupCommit(flush)
+    group: GroupCommit[str, int, int] = GroupCommit(flush, timeout=LONG)
     answers = await asyncio.gather(
         *(group.submit(k, v) for k, v in [("a", 1), ("b", 2), ("lost", 3)])
     )
@@ -35,7 +38,7 @@ async def test_items_arriving_during_a_flush_go_in_the_next_one() -> None:
             await release.wait()
         return dict(items)
 
-    group: GroupCommit[str, int, int] = GroupCommit(flush, max_batch=2)
+    group: GroupCommit[str, int, int] = GroupCommit(flush, timeout=LONG, max_batch=2)
     first = asyncio.create_task(group.submit("a", 1))
     await asyncio.sleep(0.01)
     later = [asyncio.create_task(group.submit(k, 0)) for k in "bcd"]
@@ -55,7 +58,7 @@ async def test_a_failed_flush_fails_only_its_own_callers() -> None:
             raise ConnectionResetError("lost the connection")
         return dict(items)
 
-    group: GroupCommit[str, int, int] = GroupCommit(flush)
+    group: GroupCommit[str, int, int] = GroupCommit(flush, timeout=LONG)
     with pytest.raises(ConnectionResetError):
         await group.submit("a", 1)
     assert await group.submit("a", 2) == 2
@@ -68,6 +71,55 @@ async def test_the_same_key_twice_waits_for_the_first_answer() -> None:
         seen.append(dict(items))
         return dict(items)
 
-    group: GroupCommit[str, int, int] = GroupCommit(flush)
+    group: GroupCommit[str, int, int] = GroupCommit(flush, timeout=LONG)
     assert await asyncio.gather(group.submit("a", 1), group.submit("a", 2)) == [1, 2]
     assert seen == [{"a": 1}, {"a": 2}]
+
+
+async def test_a_hanging_flush_is_cut_at_the_earliest_deadline_of_its_batch() -> None:
+    loop = asyncio.get_running_loop()
+    cut_at: list[float] = []
+    cut = asyncio.Event()
+
+    async def flush(items: dict[str, int]) -> dict[str, int]:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cut_at.append(loop.time())
+            cut.set()
+        raise AssertionError("unreachable")
+
+    group: GroupCommit[str, int, int] = GroupCommit(flush, timeout=SHORT)
+    began = loop.time()
+    with pytest.raises(TimeoutError):
+        await group.submit("a", 1)
+    async with asyncio.timeout(LONG):
+        await cut.wait()
+    assert len(cut_at) == 1 and cut_at[0] >= began + SHORT
+
+
+async def test_an_item_whose_time_ran_out_in_the_queue_fails_unwritten() -> None:
+    """The caller behind a flush that is slow to give up fails by its own deadline."""
+    flushed: list[list[str]] = []
+    gave_up = asyncio.Event()
+
+    async def flush(items: dict[str, int]) -> dict[str, int]:
+        flushed.append(list(items))
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            # Like a driver that must close its socket before the cancellation surfaces.
+            await asyncio.shield(asyncio.sleep(2 * SHORT))
+            gave_up.set()
+            raise
+        raise AssertionError("unreachable")
+
+    group: GroupCommit[str, int, int] = GroupCommit(flush, timeout=SHORT)
+    first = asyncio.create_task(group.submit("a", 1))
+    await asyncio.sleep(SHORT / 4)
+    with pytest.raises(TimeoutError):
+        await group.submit("b", 2)
+    assert not gave_up.is_set(), "b waited for a's flush to give up"
+    with pytest.raises(TimeoutError):
+        await first
+    assert flushed == [["a"]]

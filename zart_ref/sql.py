@@ -90,13 +90,20 @@ class SQLBackend(DurableSQL):
         # Hot-path statements, built once per shape and run with bound values.
         self._statements: dict[tuple[Any, ...], Any] = {}
         self._completions: GroupCommit[str, tuple[str, str], datetime] = GroupCommit(
-            self._complete_group, max_batch=_MAX_GROUP
+            self._complete_group,
+            timeout=self._call_limit,
+            max_batch=_MAX_GROUP,
         )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self.url)!r}, schema={self.schema!r})"
 
     # -- plumbing -------------------------------------------------------------------------
+
+    @property
+    def _call_limit(self) -> float:
+        """How long one database call may take in all: a connection, then its statements."""
+        return self.pool.statement_timeout + self.pool.acquire_timeout
 
     async def run(
         self, body: Callable[[AsyncConnection], Awaitable[T]], *, single_statement: bool = False
@@ -137,7 +144,7 @@ class SQLBackend(DurableSQL):
         return await self._retrying(lambda: greenlet_spawn(attempt))
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
-        limit = self.pool.statement_timeout + self.pool.acquire_timeout
+        limit = self._call_limit
         for tries in range(1, _CONFLICT_RETRIES + 1):
             try:
                 async with asyncio.timeout(limit):
@@ -466,7 +473,10 @@ class SQLBackend(DurableSQL):
     async def complete(self, lease: Lease, result: Any) -> datetime:
         """Group-committed: completions waiting at the same time share one fenced statement."""
         encoded = self.encode_result(lease, result)
-        stamp = await self._completions.submit(lease.task_id, (lease.token, encoded))
+        try:
+            stamp = await self._completions.submit(lease.task_id, (lease.token, encoded))
+        except TimeoutError as exc:
+            raise self._unavailable(exc) from exc
         if stamp is None:
             raise LeaseLost(lease.task_id, lease.token, "complete")
         return stamp
