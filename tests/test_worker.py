@@ -18,6 +18,7 @@ from zart_ref import (
     RetryPolicy,
     Worker,
     WorkerConfig,
+    current_task,
 )
 from zart_ref.memory import InMemoryBackend
 
@@ -90,6 +91,43 @@ async def test_concurrency_never_exceeds_the_limit() -> None:
     async with Worker(backend, registry, FAST):
         await recorder.wait(lambda: len(recorder.of("completed")) == 20)
     assert peak == FAST.max_concurrent_tasks
+
+
+async def test_a_task_writing_its_result_holds_no_slot_but_the_held_total_is_bounded() -> None:
+    """Claims overlap the final writes, and a stalled write path stops them at twice the limit."""
+    writes_open = asyncio.Event()
+
+    class SlowWrites(InMemoryBackend):
+        async def complete(self, lease: Any, result: Any) -> Any:
+            await writes_open.wait()
+            return await super().complete(lease, result)
+
+    registry, backend = Registry(), SlowWrites()
+    started: list[str] = []
+    running, peak = 0, 0
+
+    @registry.task()
+    async def quick(payload: None) -> None:
+        nonlocal running, peak
+        started.append(current_task().task.id)
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0)
+        running -= 1
+
+    recorder = Recorder(registry)
+    await backend.schedule([NewTask(f"t{i:02d}", "quick") for i in range(12)])
+    limit = FAST.max_concurrent_tasks
+    async with Worker(backend, registry, FAST):
+        # Every slot's handler has returned, so the worker claims past the limit...
+        await recorder.wait(lambda: len(started) == 2 * limit)
+        # ...and no further while those writes hang: a few more polls change nothing.
+        polls = len(recorder.of("claimed"))
+        await asyncio.sleep(5 * FAST.poll_interval)
+        assert len(started) == 2 * limit and len(recorder.of("claimed")) == polls
+        writes_open.set()
+        await recorder.wait(lambda: len(recorder.of("completed")) == 12)
+    assert peak <= limit
 
 
 async def test_failures_retry_then_end_failed_with_the_error_kept() -> None:

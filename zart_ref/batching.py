@@ -6,7 +6,8 @@ number of callers waiting, with no timer and no added latency when the queue is 
 
 Every caller keeps its own time bound: a flush runs under the earliest deadline of its batch,
 and an item whose deadline passed while it queued fails without being written. Without this a
-caller queued behind a hanging flush would wait for that flush's bound and then its own.
+caller queued behind a hanging flush would wait for that flush's bound and then its own. (No
+timer per caller: the flush ahead ends by its own earliest deadline, which comes first.)
 """
 
 from __future__ import annotations
@@ -45,19 +46,17 @@ class GroupCommit(Generic[K, V, R]):
     async def submit(self, key: K, value: V) -> R | None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
-        async with asyncio.timeout_at(deadline):
-            while key in self._pending:
-                # The same key twice in one batch cannot get two answers: wait for the first.
-                await asyncio.wait([self._pending[key].future])
+        while key in self._pending:
+            # The same key twice in one batch cannot get two answers: wait for the first.
+            await asyncio.wait([self._pending[key].future])
         item = _Item(value, deadline, loop.create_future())
         self._pending[key] = item
         if self._drainer is None or self._drainer.done():
             self._drainer = asyncio.create_task(self._drain(), name="zart-group-commit")
         try:
-            async with asyncio.timeout_at(deadline):
-                return await item.future
+            return await item.future
         finally:
-            # Out of time (or cancelled) while queued: the drain must not write it.
+            # Cancelled while queued: the drain must not write it.
             if self._pending.get(key) is item:
                 del self._pending[key]
 
@@ -65,7 +64,12 @@ class GroupCommit(Generic[K, V, R]):
         while self._pending:
             keys = list(self._pending)[: self._max_batch]
             batch = {key: self._pending.pop(key) for key in keys}
-            batch = {key: item for key, item in batch.items() if not item.future.done()}
+            now = asyncio.get_running_loop().time()
+            for key, item in list(batch.items()):
+                if item.deadline <= now and not item.future.done():
+                    item.future.set_exception(TimeoutError())
+                if item.future.done():
+                    del batch[key]
             if not batch:
                 continue
             try:

@@ -31,6 +31,8 @@ class WorkerConfig:
 
     poll_interval: float = 5.0
     max_tasks_per_poll: int = 10
+    # Handlers running at once. A task whose handler has returned gives up its slot while its
+    # result is written (so the next claim overlaps that write); at most as many again are held.
     max_concurrent_tasks: int = 16
     shutdown_timeout: float = 30.0
     lease_duration: float = 30.0

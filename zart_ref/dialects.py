@@ -10,7 +10,7 @@ import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, Interval, event, func, literal, text
 from sqlalchemy.engine import URL
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from .config import PoolConfig
 from .errors import ConfigError
+from .hotpath import reset_on_return
 from .schema import UTCDateTime
 
 
@@ -32,6 +33,12 @@ class Dialect:
     update_returning = True
     # Single-statement writes may run in autocommit (PostgreSQL): one round trip per write.
     autocommit_writes = False
+    # How a transaction starts when the driver's implicit BEGIN will not do (SQLite).
+    begin_sql: str | None = None
+    # How the hot path runs a single statement on its own (hotpath.run_hot): "switch" the
+    # connection to AUTOCOMMIT for it (PostgreSQL), "native" when the driver connection
+    # always autocommits and transactions are begun explicitly (SQLite), None: a transaction.
+    hot_autocommit: Literal["switch", "native"] | None = None
 
     def now(self) -> ColumnElement[datetime]:
         """The database clock as an aware UTC instant."""
@@ -47,10 +54,13 @@ class Dialect:
             "max_overflow": 0,
             "pool_timeout": pool.acquire_timeout,
             "pool_pre_ping": False,
+            # hotpath.reset_on_return resets instead, skipping transactions already ended.
+            "pool_reset_on_return": None,
         }
 
     def create_engine(self, url: URL, pool: PoolConfig) -> AsyncEngine:
         engine = create_async_engine(url, **self.engine_options(url, pool))
+        reset_on_return(engine)
         self.configure(engine, pool)
         return engine
 
@@ -77,6 +87,7 @@ class Dialect:
 class PostgresDialect(Dialect):
     name = "postgresql"
     autocommit_writes = True
+    hot_autocommit = "switch"
 
     def now(self) -> ColumnElement[datetime]:
         # statement_timestamp(): the statement's own instant, even in a longer transaction.
@@ -118,6 +129,10 @@ class SQLiteDialect(Dialect):
 
     name = "sqlite"
     concurrent_workers = False
+    # The write lock at the start: a claim's read and write are one atomic step.
+    begin_sql = "BEGIN IMMEDIATE"
+    # A lone UPDATE takes the write lock when it starts, as BEGIN IMMEDIATE would.
+    hot_autocommit = "native"
     _FORMAT = "%Y-%m-%d %H:%M:%f"
 
     def now(self) -> ColumnElement[datetime]:
@@ -146,8 +161,7 @@ class SQLiteDialect(Dialect):
 
         @event.listens_for(engine.sync_engine, "begin")
         def _on_begin(conn: Any) -> None:
-            # The write lock at the start: a claim's read and write are one atomic step.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql(self.begin_sql)
 
     def is_conflict(self, exc: DBAPIError) -> bool:
         # SQLite skips the busy handler where waiting could deadlock (e.g. switching a new

@@ -7,7 +7,7 @@ import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
@@ -26,10 +26,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import URL, Connection, Row
+from sqlalchemy.engine import URL, Row
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.sql import ClauseElement
 from sqlalchemy.util import greenlet_spawn
 
 from . import payload as payloads
@@ -38,6 +39,7 @@ from .batching import GroupCommit
 from .config import PoolConfig
 from .dialects import Dialect, dialect_for
 from .errors import DatabaseUnavailable, LeaseLost
+from .hotpath import Compiled, HotConnection, compile_statement, run_hot
 from .schema import COMPLETED, FAILED, RUNNING, SCHEDULED, JSONText, UTCDateTime, metadata, tasks
 from .sql_durable import DurableSQL
 from .urls import normalize_url, redact
@@ -88,7 +90,7 @@ class SQLBackend(DurableSQL):
         # in the busy handler, which sleeps in steps of milliseconds.
         self._writer = asyncio.Lock() if not self.dialect.concurrent_workers else None
         # Hot-path statements, built once per shape and run with bound values.
-        self._statements: dict[tuple[Any, ...], Any] = {}
+        self._statements: dict[tuple[Any, ...], Compiled] = {}
         self._completions: GroupCommit[str, tuple[str, str], datetime] = GroupCommit(
             self._complete_group,
             timeout=self._call_limit,
@@ -126,22 +128,16 @@ class SQLBackend(DurableSQL):
 
         return await self._retrying(attempt)
 
-    async def run_sync(
-        self, body: Callable[[Connection], T], *, single_statement: bool = False
+    async def run_hot(
+        self, body: Callable[[HotConnection], T], *, single_statement: bool = False
     ) -> T:
-        """``run`` for a synchronous ``body``: the hot path (claims, group completions).
-
-        The whole transaction runs in one greenlet, where ``run`` switches into a new one for
-        every connect, statement and commit: half the Python cost of a short transaction.
-        """
-        autocommit = single_statement and self._autocommit is not None
-        engine = (self._autocommit if autocommit else self.engine).sync_engine  # type: ignore[union-attr]
-
-        def attempt() -> T:
-            with engine.connect() if autocommit else engine.begin() as conn:
-                return body(conn)
-
-        return await self._retrying(lambda: greenlet_spawn(attempt))
+        """``run`` for the hot path (claims, group completions): ``body`` gets a DBAPI-level
+        connection and compiled statements (see hotpath.py), all in one greenlet."""
+        autocommit = self.dialect.hot_autocommit if single_statement else None
+        begin = self.dialect.begin_sql
+        return await self._retrying(
+            lambda: greenlet_spawn(run_hot, self.engine, body, begin=begin, autocommit=autocommit)
+        )
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         limit = self._call_limit
@@ -285,12 +281,14 @@ class SQLBackend(DurableSQL):
 
     # -- claiming -------------------------------------------------------------------------
 
-    def _cached(self, key: tuple[Any, ...], build: Callable[[], S]) -> S:
-        """One statement object per shape: SQLAlchemy compiles it once, values are bound."""
+    def _hot(self, key: tuple[Any, ...], build: Callable[[], ClauseElement]) -> Compiled:
+        """A hot-path statement: built and compiled once per shape, values bound per run."""
         stmt = self._statements.get(key)
         if stmt is None:
-            stmt = self._statements[key] = build()
-        return cast(S, stmt)
+            stmt = self._statements[key] = compile_statement(
+                self.engine.dialect, build(), self.schema
+            )
+        return stmt
 
     def _due(self, limit: int | ColumnElement[int]) -> Select[tuple[str]]:
         return (
@@ -321,7 +319,7 @@ class SQLBackend(DurableSQL):
         """A fresh fencing token: one per claim, never reused, never a worker's name."""
         return uuid.uuid4().hex
 
-    def _claim_update(self, lease_seconds: float) -> Update:
+    def _claim_update(self, lease_seconds: float) -> Compiled:
         """PostgreSQL, SQLite: the claim as one UPDATE ... RETURNING.
 
         Binds ``worker_id``, ``token`` and ``limit``. On PostgreSQL a materialized CTE locks
@@ -340,9 +338,9 @@ class SQLBackend(DurableSQL):
             values = self._claim_values(_text("worker_id"), _text("token"), lease_seconds)
             return update(t).where(where).values(values).returning(*self._CLAIMED)
 
-        return self._cached(("claim", lease_seconds), build)
+        return self._hot(("claim", lease_seconds), build)
 
-    def _claim_lock(self) -> Select[Any]:
+    def _claim_lock(self) -> Compiled:
         """MySQL: lock the due rows (binds ``limit``), read them and the database clock."""
 
         def build() -> Select[Any]:
@@ -350,10 +348,10 @@ class SQLBackend(DurableSQL):
             extra = (t.c.name, t.c.payload, t.c.attempts, self.dialect.now().label("now"))
             return due.add_columns(*extra).with_for_update(skip_locked=True)
 
-        return self._cached(("claim_lock",), build)
+        return self._hot(("claim_lock",), build)
 
-    def _claim_mark(self) -> Update:
-        """MySQL: mark the locked rows (``ids``) running under ``token`` from ``now``."""
+    def _claim_mark(self, count: int) -> Compiled:
+        """MySQL: mark the ``count`` locked rows ``id<i>`` running under ``token`` from ``now``."""
 
         def build() -> Update:
             now = bindparam("now", type_=UTCDateTime)
@@ -363,56 +361,39 @@ class SQLBackend(DurableSQL):
                 "lease_expires_at": bindparam("expires", type_=UTCDateTime),
                 "updated_at": now,
             }
-            return update(t).where(t.c.id.in_(bindparam("ids", expanding=True))).values(values)
+            ids = [_text(f"id{i}") for i in range(count)]
+            return update(t).where(t.c.id.in_(ids)).values(values)
 
-        return self._cached(("claim_mark",), build)
+        return self._hot(("claim_mark", count), build)
 
     async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
         token = self.new_token()
         binds = {"worker_id": worker_id, "token": token, "limit": limit}
         if not self.dialect.update_returning:
-            return await self.run_sync(lambda conn: self._claim_mysql(conn, binds, lease_seconds))
+            return await self.run_hot(lambda conn: self._claim_mysql(conn, binds, lease_seconds))
         stmt = self._claim_update(lease_seconds)
-        rows = await self.run_sync(
-            lambda conn: list(conn.execute(stmt, binds).all()), single_statement=True
-        )
-        return [self._claimed(row, token) for row in rows]
-
-    def _claim_mysql(
-        self, conn: Connection, binds: dict[str, Any], lease_seconds: float
-    ) -> list[ClaimedTask]:
-        """Lock, then mark: the lease runs from the database time the lock read returned."""
-        rows = conn.execute(self._claim_lock(), binds).all()
-        if not rows:
-            return []
-        now: datetime = rows[0].now
-        expires = now + timedelta(microseconds=round(lease_seconds * 1_000_000))
-        marks = {**binds, "ids": [row.id for row in rows], "now": now, "expires": expires}
-        conn.execute(self._claim_mark(), marks)
+        rows = await self.run_hot(lambda conn: conn.execute(stmt, binds), single_statement=True)
         return [
-            ClaimedTask(
-                id=row.id,
-                name=row.name,
-                payload=payloads.decode(row.payload),
-                token=binds["token"],
-                attempt=row.attempts + 1,
-                claimed_at=now,
-                lease_expires_at=expires,
-            )
-            for row in rows
+            ClaimedTask(task_id, name, payloads.decode(payload), token, attempt, at, expires)
+            for task_id, name, payload, attempt, at, expires in rows
         ]
 
-    @staticmethod
-    def _claimed(row: Row[Any], token: str) -> ClaimedTask:
-        return ClaimedTask(
-            id=row.id,
-            name=row.name,
-            payload=payloads.decode(row.payload),
-            token=token,
-            attempt=row.attempts,
-            claimed_at=row.claimed_at,
-            lease_expires_at=row.lease_expires_at,
-        )
+    def _claim_mysql(
+        self, conn: HotConnection, binds: dict[str, Any], lease_seconds: float
+    ) -> list[ClaimedTask]:
+        """Lock, then mark: the lease runs from the database time the lock read returned."""
+        rows = conn.execute(self._claim_lock(), binds)
+        if not rows:
+            return []
+        now: datetime = rows[0][-1]
+        expires = now + timedelta(microseconds=round(lease_seconds * 1_000_000))
+        marks = {**binds, **{f"id{i}": row[0] for i, row in enumerate(rows)}}
+        conn.execute(self._claim_mark(len(rows)), marks | {"now": now, "expires": expires})
+        token = binds["token"]
+        return [
+            ClaimedTask(task_id, name, payloads.decode(payload), token, attempts + 1, now, expires)
+            for task_id, name, payload, attempts, _ in rows
+        ]
 
     # -- fenced writes --------------------------------------------------------------------
 
@@ -481,7 +462,7 @@ class SQLBackend(DurableSQL):
             raise LeaseLost(lease.task_id, lease.token, "complete")
         return stamp
 
-    def _complete_update(self, count: int, *, fenced: bool = True) -> Update:
+    def _complete_update(self, count: int, *, fenced: bool = True) -> Compiled:
         """Complete ``count`` tasks (binds ``id<i>``, ``token<i>``, ``result<i>``), each row
         only while it is running under its own token. Unfenced: MySQL, whose rows were
         locked and checked just before, and which stamps them with the bound ``now``."""
@@ -502,9 +483,9 @@ class SQLBackend(DurableSQL):
             stmt = update(t).where(t.c.status == RUNNING, t.c.id.in_(ids), held).values(values)
             return stmt.returning(t.c.id, t.c.updated_at)
 
-        return self._cached(("complete", count, fenced), build)
+        return self._hot(("complete", count, fenced), build)
 
-    def _complete_lock(self, count: int) -> Select[Any]:
+    def _complete_lock(self, count: int) -> Compiled:
         """MySQL: lock the running rows among ``id<i>`` and read their tokens and the clock."""
 
         def build() -> Select[Any]:
@@ -513,29 +494,29 @@ class SQLBackend(DurableSQL):
             running = select(*columns).where(t.c.status == RUNNING, t.c.id.in_(ids))
             return running.with_for_update()
 
-        return self._cached(("complete_lock", count), build)
+        return self._hot(("complete_lock", count), build)
 
     async def _complete_group(self, items: dict[str, tuple[str, str]]) -> dict[str, datetime]:
         """One flush of the group commit: the tasks still held by their tokens, completed."""
         if self.dialect.update_returning:
             stmt = self._complete_update(len(items))
 
-            def body(conn: Connection) -> dict[str, datetime]:
-                return {row.id: row.updated_at for row in conn.execute(stmt, _group_binds(items))}
+            def body(conn: HotConnection) -> dict[str, datetime]:
+                return dict(conn.execute(stmt, _group_binds(items)))  # (id, updated_at) rows
 
-            return await self.run_sync(body, single_statement=True)
+            return await self.run_hot(body, single_statement=True)
 
-        def locked_body(conn: Connection) -> dict[str, datetime]:
-            locked = conn.execute(self._complete_lock(len(items)), _group_binds(items)).all()
-            held = {row.id: items[row.id] for row in locked if row.lock_token == items[row.id][0]}
+        def locked_body(conn: HotConnection) -> dict[str, datetime]:
+            locked = conn.execute(self._complete_lock(len(items)), _group_binds(items))
+            held = {tid: items[tid] for tid, token, _ in locked if token == items[tid][0]}
             if not held:
                 return {}
-            now: datetime = locked[0].now
+            now: datetime = locked[0][-1]
             stmt = self._complete_update(len(held), fenced=False)
             conn.execute(stmt, {**_group_binds(held), "now": now})
             return dict.fromkeys(held, now)
 
-        return await self.run_sync(locked_body)
+        return await self.run_hot(locked_body)
 
     def _back_to_scheduled(self, **extra: Any) -> dict[str, Any]:
         return {

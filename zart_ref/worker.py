@@ -174,7 +174,7 @@ class Worker:
         cfg = self.config
         failures = 0
         while not self._stopping.is_set():
-            free = cfg.max_concurrent_tasks - len(self._running)
+            free = self._free_slots()
             if free <= 0:
                 self._slot_freed.clear()
                 await self._wait_for(self._slot_freed, None)
@@ -309,6 +309,7 @@ class Worker:
             if ending is not None:
                 operation, write, extra = ending
                 running.finishing = True
+                self._slot_freed.set()  # the handler is done: the next claim overlaps the write
                 await self._final_write(running, operation, write, **extra)
         finally:
             self._running.pop(task.id, None)
@@ -456,6 +457,17 @@ class Worker:
                 self._lease_lost(running, "local_expiry")
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        """Handlers that may start now: max_concurrent_tasks bounds handlers running at once.
+
+        A task whose handler has returned keeps its lease until its final write lands but no
+        slot, so the next claim overlaps the group-committed writes; at most as many again
+        may be held in that state, so a stalled write path cannot pile up claims.
+        """
+        limit = self.config.max_concurrent_tasks
+        writing = sum(1 for running in self._running.values() if running.finishing)
+        return min(limit - (len(self._running) - writing), 2 * limit - len(self._running))
 
     async def _wait_for(self, event: asyncio.Event, seconds: float | None) -> None:
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.

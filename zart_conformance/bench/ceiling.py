@@ -1,9 +1,9 @@
 """The ceiling: the worker's own claim and complete statements, driven with the bare driver.
 
-No SQLAlchemy at run time, no worker: SQLAlchemy only renders, before the clock starts, the
-very statement objects the reference backend executes (``SQLBackend._claim_update`` and
-friends), and each ceiling process runs them in the backend's order and transactions with
-asyncpg, aiomysql or aiosqlite. Same batch (max_tasks_per_poll) and the same tasks in flight
+No SQLAlchemy at run time, no worker, no pool: the very compiled statements the reference
+backend's hot path executes (``SQLBackend._claim_update`` and friends, see zart_ref/hotpath.py)
+run in the backend's order and transactions on one bare asyncpg, aiomysql or aiosqlite
+connection per loop. Same batch (max_tasks_per_poll) and the same tasks in flight
 (max_concurrent_tasks: claim loops of one batch each), so the ratio worker / ceiling is what
 the worker's Python costs.
 
@@ -20,91 +20,42 @@ import pickle
 import signal
 import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.sql import ClauseElement
-
 from zart_conformance.provision import Target
 from zart_ref import PoolConfig, SQLBackend, WorkerConfig
+from zart_ref.hotpath import Compiled
 from zart_ref.sql import _group_binds
 
 from .stamps import mark_ready
 from .throughput import POLL
 
-EXPANDING = "__[POSTCOMPILE_ids]"
-
-
-@dataclass(frozen=True)
-class Statement:
-    """A rendered statement: its text, the order of its parameters and their fixed values."""
-
-    sql: str
-    names: tuple[str, ...]
-    fixed: dict[str, Any] = field(default_factory=dict)
-
-    def args(self, values: dict[str, Any]) -> list[Any]:
-        merged = {**self.fixed, **values}
-        out: list[Any] = []
-        for name in self.names:
-            value = merged[name]
-            out.extend(value if name == "ids" else [value])
-        return out
-
-    def sql_for(self, ids: int) -> str:
-        """The text with the expanding ``ids`` list spelled out (MySQL's format style)."""
-        return self.sql.replace(EXPANDING, ", ".join(["%s"] * ids))
-
-
-def render(backend: SQLBackend, stmt: ClauseElement) -> Statement:
-    translate = {None: backend.schema} if backend.schema else None
-    compiled = stmt.compile(
-        dialect=backend.engine.dialect,
-        schema_translate_map=translate,
-        render_schema_translate=bool(translate),
-    )
-    fixed = {name: bind.effective_value for name, bind in compiled.binds.items()}
-    return Statement(compiled.string, tuple(compiled.positiontup or ()), fixed)
-
 
 @dataclass(frozen=True)
 class Spec:
-    """Everything a ceiling process needs: connection, statements, batch and concurrency."""
+    """Everything a ceiling process needs: the target, batch and concurrency."""
 
-    dialect: str
-    connect: dict[str, Any]
-    claim: list[Statement]
-    complete: dict[int, list[Statement]]
+    url: str
+    schema: str | None
     batch: int
     loops: int
     lease: float
 
+    def backend(self) -> SQLBackend:
+        """The reference backend, for its compiled statements only: it never connects."""
+        return SQLBackend(self.url, schema=self.schema)
+
 
 def spec_for(backend: SQLBackend, config: WorkerConfig | None = None) -> Spec:
     config = config or WorkerConfig()
-    batch = config.max_tasks_per_poll
-    dialect = backend.dialect.name
-    if dialect == "mysql":
-        claim = [render(backend, backend._claim_lock()), render(backend, backend._claim_mark())]
-        complete = {
-            n: [
-                render(backend, backend._complete_lock(n)),
-                render(backend, backend._complete_update(n, fenced=False)),
-            ]
-            for n in range(1, batch + 1)
-        }
-    else:
-        claim = [render(backend, backend._claim_update(config.lease_duration))]
-        complete = {n: [render(backend, backend._complete_update(n))] for n in range(1, batch + 1)}
     return Spec(
-        dialect=dialect,
-        connect=_connect_args(backend),
-        claim=claim,
-        complete=complete,
-        batch=batch,
-        loops=math.ceil(config.max_concurrent_tasks / batch),
+        url=backend.url.render_as_string(hide_password=False),
+        schema=backend.schema,
+        batch=config.max_tasks_per_poll,
+        loops=math.ceil(config.max_concurrent_tasks / config.max_tasks_per_poll),
         lease=config.lease_duration,
     )
 
@@ -139,19 +90,20 @@ def ceiling_command(run_dir: Path) -> Any:
 async def _pg_loop(spec: Spec, worker_id: str) -> None:
     import asyncpg
 
-    conn = await asyncpg.connect(**spec.connect)
-    (claim,) = spec.claim
+    backend = spec.backend()
+    conn = await asyncpg.connect(**_connect_args(backend))
+    claim = backend._claim_update(spec.lease)
     try:
         while True:
             token = uuid.uuid4().hex
             binds = {"worker_id": worker_id, "token": token, "limit": spec.batch}
-            rows = await conn.fetch(claim.sql, *claim.args(binds))
+            rows = await conn.fetch(claim.sql, *claim.parameters(binds))
             if not rows:
                 await asyncio.sleep(POLL)
                 continue
-            (complete,) = spec.complete[len(rows)]
+            complete = backend._complete_update(len(rows))
             items = {row["id"]: (token, "null") for row in rows}
-            await conn.fetch(complete.sql, *complete.args(_group_binds(items)))
+            await conn.fetch(complete.sql, *complete.parameters(_group_binds(items)))
     finally:
         conn.terminate()
 
@@ -160,27 +112,32 @@ async def _mysql_loop(spec: Spec, worker_id: str) -> None:
     import aiomysql
     import pymysql
 
-    conn = await aiomysql.connect(autocommit=False, **spec.connect)
-    lock, mark = spec.claim
+    backend = spec.backend()
+    conn = await aiomysql.connect(autocommit=False, **_connect_args(backend))
+    lock = backend._claim_lock()
     lease = timedelta(microseconds=round(spec.lease * 1_000_000))
 
     async def claim(cur: Any, binds: dict[str, Any]) -> list[str]:
-        await cur.execute(lock.sql, lock.args(binds))
-        rows = await cur.fetchall()
+        await cur.execute(lock.sql, lock.parameters(binds))
+        rows = lock.rows(await cur.fetchall())
         if rows:
-            ids, now = [row[0] for row in rows], rows[0][-1]
-            marks = {**binds, "ids": ids, "now": now, "expires": now + lease}
-            await cur.execute(mark.sql_for(len(ids)), mark.args(marks))
+            now = rows[0][-1]
+            marks = {**binds, **{f"id{i}": row[0] for i, row in enumerate(rows)}}
+            mark = backend._claim_mark(len(rows))
+            await cur.execute(
+                mark.sql, mark.parameters(marks | {"now": now, "expires": now + lease})
+            )
         return [row[0] for row in rows]
 
     async def complete(cur: Any, items: dict[str, tuple[str, str]]) -> None:
-        complete_lock, _ = spec.complete[len(items)]
-        await cur.execute(complete_lock.sql, complete_lock.args(_group_binds(items)))
-        locked = await cur.fetchall()
+        complete_lock = backend._complete_lock(len(items))
+        await cur.execute(complete_lock.sql, complete_lock.parameters(_group_binds(items)))
+        locked = complete_lock.rows(await cur.fetchall())
         held = {row[0]: items[row[0]] for row in locked if row[1] == items[row[0]][0]}
         if held:
-            _, update = spec.complete[len(held)]
-            await cur.execute(update.sql, update.args({**_group_binds(held), "now": locked[0][2]}))
+            update = backend._complete_update(len(held), fenced=False)
+            values = {**_group_binds(held), "now": locked[0][2]}
+            await cur.execute(update.sql, update.parameters(values))
 
     async def transaction(cur: Any, body: Any, *args: Any) -> Any:
         """Commit, or roll back and run again on a deadlock or lock wait, as SQLBackend does."""
@@ -216,20 +173,20 @@ async def _sqlite_loop(spec: Spec, worker_id: str) -> None:
 
     global _SQLITE_WRITER
     writer = _SQLITE_WRITER = _SQLITE_WRITER or asyncio.Lock()
-    conn = await aiosqlite.connect(spec.connect["database"], isolation_level=None)
-    busy_ms = int(spec.connect.get("timeout", 30) * 1000)
+    backend = spec.backend()
+    connect = _connect_args(backend)
+    conn = await aiosqlite.connect(connect["database"], isolation_level=None)
+    busy_ms = int(connect.get("timeout", 30) * 1000)
     for pragma in ("journal_mode=WAL", f"busy_timeout={busy_ms}", "synchronous=NORMAL"):
         await conn.execute(f"PRAGMA {pragma}")
 
-    async def transaction(statement: Statement, binds: dict[str, Any]) -> list[Any]:
+    async def transaction(statement: Compiled, binds: dict[str, Any]) -> list[Any]:
+        """One statement on its own, as the backend runs it (hot_autocommit "native")."""
         async with writer:
-            await conn.execute("BEGIN IMMEDIATE")
-            cursor = await conn.execute(statement.sql, statement.args(binds))
-            rows = list(await cursor.fetchall())
-            await conn.execute("COMMIT")
-            return rows
+            cursor = await conn.execute(statement.sql, statement.parameters(binds))
+            return list(await cursor.fetchall())
 
-    (claim,) = spec.claim
+    claim = backend._claim_update(spec.lease)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(conn.close)
         while True:
@@ -239,16 +196,20 @@ async def _sqlite_loop(spec: Spec, worker_id: str) -> None:
             if not rows:
                 await asyncio.sleep(POLL)
                 continue
-            (complete,) = spec.complete[len(rows)]
+            complete = backend._complete_update(len(rows))
             await transaction(complete, _group_binds({row[0]: (token, "null") for row in rows}))
 
 
 LOOPS = {"postgresql": _pg_loop, "mysql": _mysql_loop, "sqlite": _sqlite_loop}
 
 
+def _dialect(spec: Spec) -> str:
+    return spec.backend().dialect.name
+
+
 async def _serve(spec: Spec) -> None:
     worker_id = f"ceiling-{os.getpid()}"
-    loops = [asyncio.create_task(LOOPS[spec.dialect](spec, worker_id)) for _ in range(spec.loops)]
+    loops = [asyncio.create_task(LOOPS[_dialect(spec)](spec, worker_id)) for _ in range(spec.loops)]
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     mark_ready()
