@@ -7,10 +7,10 @@ operation; adding a database means adding a Dialect, not another backend.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from sqlalchemy import ColumnElement, Interval, event, func, literal, text
 from sqlalchemy.engine import URL
@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from .config import PoolConfig
 from .errors import ConfigError
-from .hotpath import reset_on_return
+from .hotpath import DriverFetch, reset_on_return
 from .schema import UTCDateTime
 
 
@@ -39,6 +39,8 @@ class Dialect:
     # connection to AUTOCOMMIT for it (PostgreSQL), "native" when the driver connection
     # always autocommits and transactions are begun explicitly (SQLite), None: a transaction.
     hot_autocommit: Literal["switch", "native"] | None = None
+    # The driver's own execute-and-fetch for the hot path, where it beats a DBAPI cursor.
+    driver_fetch: DriverFetch | None = None
 
     def now(self) -> ColumnElement[datetime]:
         """The database clock as an aware UTC instant."""
@@ -133,6 +135,13 @@ class SQLiteDialect(Dialect):
     begin_sql = "BEGIN IMMEDIATE"
     # A lone UPDATE takes the write lock when it starts, as BEGIN IMMEDIATE would.
     hot_autocommit = "native"
+
+    @staticmethod
+    def driver_fetch(driver: Any, sql: str, parameters: Any) -> Awaitable[Sequence[Any]]:
+        # One trip to aiosqlite's thread, where a DBAPI cursor takes four (cursor, execute,
+        # fetch, close). Its errors are sqlite3's: the DBAPI's own exception classes.
+        return cast(Awaitable[Sequence[Any]], driver.execute_fetchall(sql, parameters))
+
     _FORMAT = "%Y-%m-%d %H:%M:%f"
 
     def now(self) -> ColumnElement[datetime]:

@@ -10,7 +10,7 @@ them, so SQLBackend keeps one rule for conflicts, retries and unavailability.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -20,9 +20,13 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.util import await_only
 
 T = TypeVar("T")
 Processor = Callable[[Any], Any] | None
+# A driver's own one-call "execute and fetch everything", where it saves round trips to the
+# driver's thread (aiosqlite): (driver connection, sql, parameters) -> awaitable rows.
+DriverFetch = Callable[[Any, str, Any], Awaitable[Sequence[Any]]]
 # Set on a pooled connection whose transaction the hot path ended itself: the pool's reset
 # (a ROLLBACK round trip on MySQL) would be one statement too many.
 _ENDED = "zart.transaction_ended"
@@ -74,8 +78,10 @@ def compile_statement(dialect: SADialect, stmt: ClauseElement, schema: str | Non
 class HotConnection:
     """One pooled DBAPI connection for the length of one transaction (or one statement)."""
 
-    def __init__(self, dbapi_connection: Any) -> None:
-        self._dbapi = dbapi_connection
+    def __init__(self, fairy: PoolProxiedConnection, fetch: DriverFetch | None) -> None:
+        self._dbapi: Any = fairy.dbapi_connection
+        self._driver = fairy.driver_connection
+        self._fetch = fetch
         self.last_sql = ""
 
     def execute(self, stmt: Compiled, values: Mapping[str, Any]) -> list[tuple[Any, ...]]:
@@ -84,6 +90,8 @@ class HotConnection:
 
     def execute_raw(self, sql: str, parameters: Any = ()) -> list[Any]:
         self.last_sql = sql
+        if self._fetch is not None:
+            return list(await_only(self._fetch(self._driver, sql, parameters)))
         cursor = self._dbapi.cursor()
         try:
             cursor.execute(sql, parameters)
@@ -98,6 +106,7 @@ def run_hot(
     *,
     begin: str | None,
     autocommit: Literal["switch", "native"] | None,
+    fetch: DriverFetch | None = None,
 ) -> T:
     """Run ``body`` on a pooled connection; call it inside ``greenlet_spawn``.
 
@@ -114,7 +123,7 @@ def run_hot(
         # A new connection failed (the pool opens them lazily): wrapped as Engine.connect does.
         raise DBAPIError.instance(None, None, exc, error, dialect=dialect) from exc
     dbapi: Any = fairy.dbapi_connection
-    conn = HotConnection(dbapi)
+    conn = HotConnection(fairy, fetch)
     try:
         if autocommit == "switch":
             dialect.set_isolation_level(dbapi, "AUTOCOMMIT")

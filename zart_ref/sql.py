@@ -135,8 +135,11 @@ class SQLBackend(DurableSQL):
         connection and compiled statements (see hotpath.py), all in one greenlet."""
         autocommit = self.dialect.hot_autocommit if single_statement else None
         begin = self.dialect.begin_sql
+        fetch = self.dialect.driver_fetch
         return await self._retrying(
-            lambda: greenlet_spawn(run_hot, self.engine, body, begin=begin, autocommit=autocommit)
+            lambda: greenlet_spawn(
+                run_hot, self.engine, body, begin=begin, autocommit=autocommit, fetch=fetch
+            )
         )
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
@@ -373,10 +376,15 @@ class SQLBackend(DurableSQL):
             return await self.run_hot(lambda conn: self._claim_mysql(conn, binds, lease_seconds))
         stmt = self._claim_update(lease_seconds)
         rows = await self.run_hot(lambda conn: conn.execute(stmt, binds), single_statement=True)
-        return [
-            ClaimedTask(task_id, name, payloads.decode(payload), token, attempt, at, expires)
-            for task_id, name, payload, attempt, at, expires in rows
-        ]
+        return [self._claimed(row, token) for row in rows]
+
+    @staticmethod
+    def _claimed(row: Sequence[Any], token: str) -> ClaimedTask:
+        """A claimed task from a row of ``_CLAIMED`` (after the claim's own UPDATE)."""
+        task_id, name, payload, attempt, claimed_at, expires = row
+        return ClaimedTask(
+            task_id, name, payloads.decode(payload), token, attempt, claimed_at, expires
+        )
 
     def _claim_mysql(
         self, conn: HotConnection, binds: dict[str, Any], lease_seconds: float
