@@ -40,6 +40,7 @@ def test_ratios_compare_with_the_baseline_of_the_same_run() -> None:
         "ceiling": {"1": {"per_second": 8000.0}},
         "peer": {"worker": {"1": {"per_second": 2000.0}}, "pickup": {"p50_ms": 2.0, "p95_ms": 4.0}},
         "pickup": {"listen": {"p50_ms": 3.0, "p95_ms": 4.0}},
+        "idle": {"statements": 7, "poll_intervals": 6.0},
     }
     rows = {row["what"]: row for row in ratio_rows("postgres", section)}
     assert rows["worker / ceiling, 1 process"]["ratio"] == 0.375
@@ -48,6 +49,8 @@ def test_ratios_compare_with_the_baseline_of_the_same_run() -> None:
     # Latency: lower is better, so a ratio above the target misses it.
     assert rows["pickup p50 (NOTIFY) / pgqueuer"]["met"] is False
     assert rows["pickup p95 (NOTIFY) / pgqueuer"]["met"] is True
+    # One statement more than the idle polls in the window misses "one per poll interval".
+    assert rows["idle statements / poll intervals"]["met"] is False
     # What was not measured on both sides is not compared.
     assert "worker / ceiling, 2 processes" not in rows
     assert "bulk schedule / pgqueuer enqueue" not in rows
@@ -110,6 +113,9 @@ def test_a_small_bench_run_reports_every_section(tmp_path: Path) -> None:
     assert section["pickup"]["poll"]["samples"] == 3
     assert section["idle"]["seconds"] == 1
     assert "skipped" in section["peer"] and "skipped" in section["suite"]
-    assert [row["what"] for row in doc["ratios"]] == ["worker / ceiling, 1 process"]
+    assert [row["what"] for row in doc["ratios"]] == [
+        "worker / ceiling, 1 process",
+        "idle statements / poll intervals",
+    ]
     if plot != Path("-"):
         assert plot.stat().st_size > 0

@@ -38,6 +38,26 @@ async def test_notify_wakes_a_worker_long_before_its_poll(backend: SQLBackend) -
     assert record is not None and record.result == 1
 
 
+@pytest.mark.parametrize("sslmode", ["disable", "prefer"])
+async def test_the_listener_connects_with_the_urls_sslmode(
+    backend: SQLBackend, sslmode: str
+) -> None:
+    """libpq's sslmode reaches asyncpg as ssl; the listener's own connect must translate it
+    back (as ?ssl=... it went to the server as a setting, and every subscription failed)."""
+    url = backend.url.update_query_dict({"sslmode": sslmode})
+    with_ssl = SQLBackend(url, schema=backend.schema)
+    registry = echo_registry()
+    recorder = Recorder(registry)
+    try:
+        async with Worker(with_ssl, registry, SLOW_POLL):
+            await recorder.wait(lambda: bool(recorder.of("listening")))
+            await with_ssl.schedule([NewTask("t-ssl", "echo", 7)])
+            await recorder.wait(lambda: bool(recorder.of("completed")))
+        assert not recorder.of("listen_lost")
+    finally:
+        await with_ssl.close()
+
+
 async def test_listener_subscribes_again_after_its_connection_is_killed(
     backend: SQLBackend,
 ) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import DIALECTS, SCALE, eventually, new_namespace, server_url
 from zart_conformance.provision import Target
-from zart_ref import Lease, LeaseLost, NewTask, PayloadError, SQLBackend
+from zart_ref import Lease, LeaseLost, NewTask, PayloadError, Pending, SQLBackend
 
 
 async def wait_for_db_time(backend: SQLBackend, moment: datetime) -> None:
@@ -82,6 +82,20 @@ async def test_delayed_tasks_are_not_due_before_their_time(backend: SQLBackend) 
     await backend.schedule([NewTask("later", "noop", delay=3600), NewTask("now", "noop")])
     claimed = await backend.claim("w", 10, 30)
     assert [t.id for t in claimed] == ["now"]
+
+
+async def test_pending_sees_what_a_claim_and_a_sweep_would_find(backend: SQLBackend) -> None:
+    assert await backend.pending() == Pending(due=False, expired=False)
+    await backend.schedule([NewTask("later", "noop", delay=3600)])
+    assert await backend.pending() == Pending(due=False, expired=False)
+    await backend.schedule([NewTask("now", "noop")])
+    assert await backend.pending() == Pending(due=True, expired=False)
+    (task,) = await backend.claim("w", 10, 0.2 * SCALE)
+    assert await backend.pending() == Pending(due=False, expired=False)
+    await wait_for_db_time(backend, task.lease_expires_at)
+    assert await backend.pending() == Pending(due=False, expired=True)
+    assert await backend.recover_orphans() == ["now"]
+    assert await backend.pending() == Pending(due=True, expired=False)
 
 
 async def test_every_write_with_a_stale_token_is_fenced(backend: SQLBackend) -> None:

@@ -1,6 +1,7 @@
 import pytest
 
 from zart_ref import ConfigError, normalize_url, redact
+from zart_ref.urls import libpq_dsn
 
 
 @pytest.mark.parametrize(
@@ -48,3 +49,8 @@ def test_password_never_appears_in_errors_or_redacted_text() -> None:
 def test_libpq_sslmode_becomes_asyncpg_ssl() -> None:
     url = normalize_url("postgresql://u@h/db?sslmode=require")
     assert url.query == {"ssl": "require"}
+
+
+def test_the_listener_dsn_spells_sslmode_as_libpq_does() -> None:
+    url = normalize_url("postgresql://u:p@h:5433/db?sslmode=require&application_name=x")
+    assert libpq_dsn(url) == "postgresql://u:p@h:5433/db?application_name=x&sslmode=require"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 
@@ -356,3 +358,69 @@ async def test_a_wake_up_during_a_claim_is_not_lost() -> None:
     async with Worker(backend, registry, slow_poll):
         await recorder.wait(lambda: bool(recorder.of("completed")), seconds=10)
     assert recorder.of("completed")[0]["task"] == "late"
+
+
+class CountingBackend(InMemoryBackend):
+    """Counts the reads an idle worker makes, and lets a test wait for the n-th poll."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self.polled = asyncio.Event()
+
+    async def pending(self) -> Any:
+        self.calls.append("pending")
+        self.polled.set()
+        return await super().pending()
+
+    async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[Any]:
+        self.calls.append("claim")
+        return await super().claim(worker_id, limit, lease_seconds)
+
+    async def recover_orphans(self) -> list[str]:
+        self.calls.append("recover_orphans")
+        return await super().recover_orphans()
+
+    async def polls(self, count: int) -> None:
+        async with asyncio.timeout(10 * SCALE):
+            while self.calls.count("pending") < count:
+                self.polled.clear()
+                await self.polled.wait()
+
+
+async def test_an_idle_worker_polls_with_one_read_that_stands_in_for_claim_and_sweep() -> None:
+    registry, backend = Registry(), CountingBackend()
+
+    @registry.task()
+    async def noop(payload: None) -> None:
+        return None
+
+    recorder = Recorder(registry)
+    # A sweep due every two poll intervals: the idle polls in between make it unnecessary.
+    config = replace(FAST, orphan_sweep_interval=2 * FAST.poll_interval)
+    async with Worker(backend, registry, config):
+        await backend.polls(4)
+        idle = list(backend.calls)
+        await backend.schedule([NewTask("t", "noop")])
+        await recorder.wait(lambda: bool(recorder.of("completed")))
+    # Start-up claims at once; every quiet poll after it is a single pending() read.
+    assert idle[0] == "claim" and set(idle[1:]) == {"pending"}, idle
+    assert "recover_orphans" not in backend.calls
+
+
+async def test_an_idle_poll_recovers_expired_leases_without_waiting_for_the_sweep() -> None:
+    registry, backend = Registry(), CountingBackend()
+
+    @registry.task()
+    async def noop(payload: None) -> None:
+        return None
+
+    recorder = Recorder(registry)
+    await backend.schedule([NewTask("orphan", "noop")])
+    (dead,) = await backend.claim("dead-worker", 1, 0.001)  # its lease lapses at once
+    config = replace(FAST, orphan_sweep_interval=3600)  # the sweep would come far too late
+    async with Worker(backend, registry, config):
+        await recorder.wait(lambda: bool(recorder.of("completed")))
+    assert recorder.of("orphans_recovered") == [{"tasks": ["orphan"], "worker": ANY}]
+    record = await backend.get("orphan")
+    assert record is not None and record.attempts == 2 and dead.attempt == 1

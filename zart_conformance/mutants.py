@@ -17,7 +17,7 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from zart_ref.backend import ClaimedTask, Lease
+from zart_ref.backend import ClaimedTask, Lease, Pending
 from zart_ref.config import PoolConfig
 from zart_ref.errors import DatabaseUnavailable
 from zart_ref.schema import COMPLETED, RUNNING, tasks
@@ -207,7 +207,7 @@ class NoResubscribe(SQLBackend):
 
 
 class ErrorsAsNoWork(SQLBackend):
-    """Breaks C8.2: a claim or sweep that cannot reach the database answers "nothing to do",
+    """Breaks C8.2: a claim, idle poll or sweep that cannot reach the database answers "nothing to do",
     so the worker looks healthy through an outage and no backoff or alarm ever starts."""
 
     async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
@@ -221,6 +221,12 @@ class ErrorsAsNoWork(SQLBackend):
             return await super().recover_orphans()
         except DatabaseUnavailable:
             return []
+
+    async def pending(self) -> Pending:
+        try:
+            return await super().pending()
+        except DatabaseUnavailable:
+            return Pending(due=False, expired=False)
 
 
 class LostCancel(SQLBackend):

@@ -1,6 +1,15 @@
 """Zart reference worker: durable tasks over PostgreSQL, MySQL/MariaDB and SQLite."""
 
-from .backend import Backend, ClaimedTask, Lease, NewTask, Notifier, TaskRecord
+from .backend import (
+    Backend,
+    ClaimedTask,
+    Lease,
+    NewTask,
+    Notifier,
+    Pending,
+    Prober,
+    TaskRecord,
+)
 from .client import Client, UnknownExecution
 from .config import PoolConfig, WorkerConfig
 from .context import RunningTask, current_task
@@ -33,7 +42,9 @@ __all__ = [
     "NewTask",
     "Notifier",
     "PayloadError",
+    "Pending",
     "PoolConfig",
+    "Prober",
     "Registry",
     "RetryPolicy",
     "RunningTask",

@@ -44,6 +44,14 @@ class Lease:
 
 
 @dataclass(frozen=True, slots=True)
+class Pending:
+    """What an idle worker's one cheap read found: due tasks, and leases that have expired."""
+
+    due: bool
+    expired: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TaskRecord:
     """A task's stored state, as ``status`` reports it."""
 
@@ -122,6 +130,20 @@ class Notifier(Protocol):
         Uses a connection of its own, outside the work pool, and subscribes again after it
         drops; ``on_state`` gets "listening" on each (re)subscription and "lost" on each drop.
         """
+
+
+@runtime_checkable
+class Prober(Protocol):
+    """Optional: a backend that can say, in one read that locks nothing, whether there is work.
+
+    An idle worker polls with ``pending()`` instead of a claim (on MySQL a locking claim is a
+    transaction: two statements even when it finds nothing) and instead of its orphan sweep:
+    one statement per poll interval, whatever the backend.
+    """
+
+    async def pending(self) -> Pending:
+        """Whether a claim would find due tasks, and whether a sweep would find expired leases
+        (both on the database clock)."""
 
 
 def validate_new(tasks: Sequence[NewTask]) -> list[NewTask]:

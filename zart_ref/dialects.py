@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
@@ -68,6 +69,10 @@ class Dialect:
 
     def configure(self, engine: AsyncEngine, pool: PoolConfig) -> None:
         """Per-connection setup (pragmas, session variables)."""
+
+    def autocommit_engine(self, url: URL, pool: PoolConfig) -> AsyncEngine | None:
+        """An engine for single statements where ``hot_autocommit`` cannot make them one statement."""
+        return None
 
     @asynccontextmanager
     async def migration_lock(self, conn: AsyncConnection) -> AsyncIterator[None]:
@@ -202,6 +207,16 @@ class MySQLDialect(Dialect):
             "init_command": "SET time_zone = '+00:00'",
         }
         return options
+
+    def autocommit_engine(self, url: URL, pool: PoolConfig) -> AsyncEngine | None:
+        """One connection born in autocommit: on the work pool, whose connections begin a
+        transaction implicitly, a statement alone is two (it, then COMMIT)."""
+        one = replace(pool, max_connections=1, min_connections=0)
+        engine = create_async_engine(
+            url, isolation_level="AUTOCOMMIT", **self.engine_options(url, one)
+        )
+        reset_on_return(engine)
+        return engine
 
     @asynccontextmanager
     async def migration_lock(self, conn: AsyncConnection) -> AsyncIterator[None]:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import payload as payloads
-from .backend import ClaimedTask, Lease, NewTask, TaskRecord
+from .backend import ClaimedTask, Lease, NewTask, Pending, TaskRecord
 from .errors import LeaseLost
 from .schema import COMPLETED, FAILED, RUNNING, SCHEDULED
 
@@ -69,14 +69,7 @@ class InMemoryBackend:
     async def claim(self, worker_id: str, limit: int, lease_seconds: float) -> list[ClaimedTask]:
         async with self._lock:
             now = self.clock()
-            due = sorted(
-                (
-                    r
-                    for r in self.rows.values()
-                    if r.record.status == SCHEDULED and r.record.run_at <= now
-                ),
-                key=lambda r: (r.record.run_at, r.record.id),
-            )[:limit]
+            due = sorted(self._due(now), key=lambda r: (r.record.run_at, r.record.id))[:limit]
             token = uuid.uuid4().hex
             expiry = now + timedelta(seconds=lease_seconds)
             claimed = []
@@ -144,15 +137,26 @@ class InMemoryBackend:
         row = self._held(lease, "release")
         return self._set(row, status=SCHEDULED, attempts=row.record.attempts - 1)
 
-    async def recover_orphans(self) -> list[str]:
+    def _expired(self) -> list[_Row]:
         now = self.clock()
-        expired = [
+        return [
             r
             for r in self.rows.values()
             if r.record.status == RUNNING
             and r.record.lease_expires_at
             and r.record.lease_expires_at < now
         ]
+
+    def _due(self, now: datetime) -> list[_Row]:
+        return [
+            r for r in self.rows.values() if r.record.status == SCHEDULED and r.record.run_at <= now
+        ]
+
+    async def pending(self) -> Pending:
+        return Pending(due=bool(self._due(self.clock())), expired=bool(self._expired()))
+
+    async def recover_orphans(self) -> list[str]:
+        expired = self._expired()
         for row in expired:
             self._set(row, status=SCHEDULED)
         return [r.record.id for r in expired]

@@ -17,6 +17,7 @@ from sqlalchemy import (
     Update,
     bindparam,
     case,
+    exists,
     func,
     insert,
     or_,
@@ -34,15 +35,16 @@ from sqlalchemy.sql import ClauseElement
 from sqlalchemy.util import greenlet_spawn
 
 from . import payload as payloads
-from .backend import ClaimedTask, Lease, NewTask, TaskRecord, validate_new
+from .backend import ClaimedTask, Lease, NewTask, Pending, TaskRecord, validate_new
 from .batching import GroupCommit
 from .config import PoolConfig
 from .dialects import Dialect, dialect_for
 from .errors import DatabaseUnavailable, LeaseLost
 from .hotpath import Compiled, HotConnection, compile_statement, run_hot
+from .pglisten import PgListener
 from .schema import COMPLETED, FAILED, RUNNING, SCHEDULED, JSONText, UTCDateTime, metadata, tasks
 from .sql_durable import DurableSQL
-from .urls import normalize_url, redact
+from .urls import libpq_dsn, normalize_url, redact
 
 _INSERT_CHUNK = 1000
 _CONFLICT_RETRIES = 5
@@ -77,6 +79,8 @@ class SQLBackend(DurableSQL):
         self.dialect: Dialect = dialect_for(self.url)
         engine = self.dialect.create_engine(self.url, self.pool)
         self._root_engine = engine
+        self._single = self.dialect.autocommit_engine(self.url, self.pool)
+        self._listener: PgListener | None = None
         self.engine: AsyncEngine = (
             engine.execution_options(schema_translate_map={None: schema}) if schema else engine
         )
@@ -133,12 +137,15 @@ class SQLBackend(DurableSQL):
     ) -> T:
         """``run`` for the hot path (claims, group completions): ``body`` gets a DBAPI-level
         connection and compiled statements (see hotpath.py), all in one greenlet."""
+        engine = self.engine
         autocommit = self.dialect.hot_autocommit if single_statement else None
+        if single_statement and autocommit is None and self._single is not None:
+            engine, autocommit = self._single, "native"
         begin = self.dialect.begin_sql
         fetch = self.dialect.driver_fetch
         return await self._retrying(
             lambda: greenlet_spawn(
-                run_hot, self.engine, body, begin=begin, autocommit=autocommit, fetch=fetch
+                run_hot, engine, body, begin=begin, autocommit=autocommit, fetch=fetch
             )
         )
 
@@ -175,6 +182,10 @@ class SQLBackend(DurableSQL):
             ]
             async with first.begin():
                 await self.dialect.check_server(first)
+            if self._single is not None:
+                # Opened now, not on the first idle poll (MySQL's first connect is a dozen
+                # statements).
+                await stack.enter_async_context(self._single.connect())
         self._server_checked = True
 
     def _unavailable(self, exc: BaseException) -> DatabaseUnavailable:
@@ -213,6 +224,8 @@ class SQLBackend(DurableSQL):
 
     async def close(self) -> None:
         await self._root_engine.dispose()
+        if self._single is not None:
+            await self._single.dispose()
 
     # -- scheduling -----------------------------------------------------------------------
 
@@ -293,13 +306,36 @@ class SQLBackend(DurableSQL):
             )
         return stmt
 
+    def _is_due(self) -> ColumnElement[bool]:
+        return (t.c.status == SCHEDULED) & (t.c.run_at <= self.dialect.now())
+
+    def _lease_expired(self) -> ColumnElement[bool]:
+        return (t.c.status == RUNNING) & (t.c.lease_expires_at < self.dialect.now())
+
     def _due(self, limit: int | ColumnElement[int]) -> Select[tuple[str]]:
-        return (
-            select(t.c.id)
-            .where(t.c.status == SCHEDULED, t.c.run_at <= self.dialect.now())
-            .order_by(t.c.run_at, t.c.id)
-            .limit(limit)
-        )
+        return select(t.c.id).where(self._is_due()).order_by(t.c.run_at, t.c.id).limit(limit)
+
+    def _pending_select(self) -> Compiled:
+        """Two index probes in one read: a due task exists, an expired lease exists."""
+
+        def build() -> Select[bool, bool]:
+            due = exists().where(self._is_due()).label("due")
+            return select(due, exists().where(self._lease_expired()).label("expired"))
+
+        return self._hot(("pending",), build)
+
+    async def pending(self) -> Pending:
+        stmt = self._pending_select()
+        # Over the LISTEN session while it is up: the same read keeps it alive (pglisten.py).
+        raw = None
+        if self._listener is not None:
+            raw = await self._listener.fetch(stmt.sql, list(stmt.parameters({})))
+        if raw is not None:
+            rows = stmt.rows(raw)
+        else:
+            rows = await self.run_hot(lambda conn: conn.execute(stmt, {}), single_statement=True)
+        due, expired = rows[0]
+        return Pending(due=bool(due), expired=bool(expired))
 
     def _claim_values(
         self, worker_id: str | ColumnElement[str], token: str | ColumnElement[str], lease: float
@@ -547,7 +583,7 @@ class SQLBackend(DurableSQL):
         return await self._fenced_update(lease, "release", values, notify=True)
 
     async def recover_orphans(self) -> list[str]:
-        expired = (t.c.status == RUNNING) & (t.c.lease_expires_at < self.dialect.now())
+        expired = self._lease_expired()
 
         async def body(conn: AsyncConnection) -> list[str]:
             if self.dialect.update_returning:
@@ -576,54 +612,21 @@ class SQLBackend(DurableSQL):
             await conn.execute(select(func.pg_notify(self.channel, "")))
 
     async def listen(self, on_work: Callable[[], None], on_state: Callable[[str], None]) -> None:
-        """LISTEN on a dedicated asyncpg connection outside the pool; returns at once elsewhere.
-
-        After a drop it subscribes again with backoff, and wakes the worker once per
-        subscription so nothing scheduled meanwhile waits for the next poll.
-        """
+        """LISTEN on a dedicated asyncpg connection outside the pool (see pglisten.py), which
+        also carries this backend's idle polls; returns at once on other databases."""
         if self.dialect.name != "postgresql":
             return
-        import asyncpg  # type: ignore[import-untyped]
-
-        failures = 0
-        while True:
-            try:
-                await self._listen_once(asyncpg, on_work, on_state)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                on_state(f"lost: {type(exc).__name__}: {exc}"[:300])
-                failures += 1
-                await asyncio.sleep(min(5.0, 0.05 * 2**failures))
-            else:
-                failures = 0
-
-    async def _listen_once(
-        self, asyncpg: Any, on_work: Callable[[], None], on_state: Callable[[str], None]
-    ) -> None:
-        """One subscription, until its connection drops or stops answering the keepalive."""
-        dsn = self.listen_url.set(drivername="postgresql").render_as_string(hide_password=False)
-        conn = await asyncpg.connect(
-            dsn,
-            timeout=self.pool.connect_timeout,
-            server_settings={"application_name": f"zart-listener:{self.channel}"[:63]},
+        listener = PgListener(
+            libpq_dsn(self.listen_url),
+            self.channel,
+            connect_timeout=self.pool.connect_timeout,
+            statement_timeout=self.pool.statement_timeout,
         )
+        self._listener = listener
         try:
-            dropped = asyncio.Event()
-            conn.add_termination_listener(lambda _conn: dropped.set())
-            await conn.add_listener(self.channel, lambda *_args: on_work())
-            on_state("listening")
-            on_work()
-            # A keepalive finds half-open connections that would otherwise wait forever.
-            check_every = min(5.0, self.pool.statement_timeout / 3)
-            while not dropped.is_set():
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(check_every):
-                        await dropped.wait()
-                async with asyncio.timeout(self.pool.statement_timeout):
-                    await conn.fetchval("SELECT 1")
-            raise ConnectionResetError("listener connection closed")
+            await listener.run(on_work, on_state)
         finally:
-            conn.terminate()
+            self._listener = None
 
     # -- reading --------------------------------------------------------------------------
 

@@ -67,6 +67,15 @@ def normalize_url(raw: str | URL) -> URL:
     return url
 
 
+def libpq_dsn(url: URL) -> str:
+    """A PostgreSQL URL as asyncpg.connect() takes it: libpq's spelling, sslmode included (an
+    ``ssl`` query key would be sent to the server as a setting, and refused)."""
+    query = dict(url.query)
+    if "ssl" in query:
+        query["sslmode"] = query.pop("ssl")
+    return url.set(drivername="postgresql", query=query).render_as_string(hide_password=False)
+
+
 def redact(url: str | URL) -> str:
     """The URL as text with any password replaced by ***, safe for logs and errors."""
     if isinstance(url, URL):

@@ -1,7 +1,8 @@
 """The worker: claim due tasks, run handlers, keep leases, give back what it cannot finish.
 
 Three loops share one set of running tasks: polling claims work, heartbeats renew leases
-(every lease/3) and the sweep returns expired leases to scheduled. A task's lease is watched
+(every lease/3) and the sweep returns expired leases to scheduled. An idle worker polls with
+one read that stands in for both claim and sweep, where the backend can (``Prober``). A task's lease is watched
 with the local monotonic clock too, so a worker cut off from its database stops the handler
 once the lease must have lapsed, even when no heartbeat could tell it so.
 """
@@ -24,7 +25,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 
 from . import payload as payloads
-from .backend import Backend, ClaimedTask, Lease, Notifier
+from .backend import Backend, ClaimedTask, Lease, Notifier, Prober
 from .config import WorkerConfig
 from .context import RunningTask, set_current
 from .errors import DatabaseUnavailable, LeaseLost, PayloadError, UnknownHandler, ZartError
@@ -94,6 +95,8 @@ class Worker:
         self._last_db_ok: float | None = None
         self._main: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = list(registry.listeners)
+        self._prober = backend if isinstance(backend, Prober) else None
+        self._probed_at: float | None = None
 
     # -- public ---------------------------------------------------------------------------
 
@@ -173,23 +176,32 @@ class Worker:
     async def _poll_loop(self) -> None:
         cfg = self.config
         failures = 0
+        # Whether work may be waiting (start-up, a wake-up, a full claim, a freed slot): then
+        # claim at once. After a quiet poll interval, probe first where the backend can.
+        busy = True
         while not self._stopping.is_set():
             free = self._free_slots()
             if free <= 0:
                 self._slot_freed.clear()
                 await self._wait_for(self._slot_freed, None)
+                busy = True
                 continue
             limit = min(free, cfg.max_tasks_per_poll)
             sent = time.monotonic()
             # Cleared before the claim, never after: a wake-up (NOTIFY, released work) that
             # arrives while this claim is in flight must trigger another claim, not be lost.
             self._wake.clear()
+            operation = "claim" if busy or self._prober is None else "pending"
             try:
+                if operation == "pending" and not await self._work_pending():
+                    busy = await self._wait_for(self._wake, cfg.poll_interval)
+                    continue
+                operation = "claim"
                 claimed = await self.backend.claim(self.worker_id, limit, cfg.lease_duration)
             except TRANSIENT as exc:
                 failures += 1
-                self._db_error("claim", exc, sent)
-                await self._wait_for(self._wake, _backoff(failures, cfg.poll_interval))
+                self._db_error(operation, exc, sent)
+                busy = await self._wait_for(self._wake, _backoff(failures, cfg.poll_interval))
                 continue
             failures = 0
             self._db_ok()
@@ -206,8 +218,18 @@ class Worker:
                 break
             for task in claimed:
                 self._start(task, sent)
-            if len(claimed) < limit:
-                await self._wait_for(self._wake, cfg.poll_interval)
+            busy = len(claimed) == limit or await self._wait_for(self._wake, cfg.poll_interval)
+
+    async def _work_pending(self) -> bool:
+        """An idle poll: one read that locks nothing says whether to claim, and stands in for
+        the orphan sweep (so an idle worker sends one statement per poll interval)."""
+        assert self._prober is not None
+        pending = await self._prober.pending()
+        self._db_ok()
+        self._probed_at = time.monotonic()
+        if pending.expired:
+            await self._recover_orphans()
+        return pending.due or pending.expired
 
     async def _heartbeat_loop(self) -> None:
         cfg = self.config
@@ -260,18 +282,24 @@ class Worker:
             self.emit("listen_lost", error=state)
 
     async def _sweep_loop(self) -> None:
+        every = self.config.sweep_every
         while True:
-            await asyncio.sleep(self.config.sweep_every)
-            began = time.monotonic()
-            try:
-                recovered = await self.backend.recover_orphans()
-            except TRANSIENT as exc:
-                self._db_error("recover_orphans", exc, began)
-                continue
-            self._db_ok()
-            if recovered:
-                self.emit("orphans_recovered", tasks=sorted(recovered))
-                self._wake.set()
+            await asyncio.sleep(every)
+            if self._probed_at is not None and time.monotonic() - self._probed_at < every:
+                continue  # an idle poll looked for expired leases meanwhile
+            await self._recover_orphans()
+
+    async def _recover_orphans(self) -> None:
+        began = time.monotonic()
+        try:
+            recovered = await self.backend.recover_orphans()
+        except TRANSIENT as exc:
+            self._db_error("recover_orphans", exc, began)
+            return
+        self._db_ok()
+        if recovered:
+            self.emit("orphans_recovered", tasks=sorted(recovered))
+            self._wake.set()
 
     async def _drain(self) -> None:
         runners = [r.runner for r in self._running.values()]
@@ -469,11 +497,14 @@ class Worker:
         writing = sum(1 for running in self._running.values() if running.finishing)
         return min(limit - (len(self._running) - writing), 2 * limit - len(self._running))
 
-    async def _wait_for(self, event: asyncio.Event, seconds: float | None) -> None:
+    async def _wait_for(self, event: asyncio.Event, seconds: float | None) -> bool:
+        """Wait until ``event`` is set (True) or ``seconds`` have passed (False)."""
         # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await event.wait()
+                return True
+        return False
 
     def _db_ok(self) -> None:
         self._last_db_ok = time.monotonic()

@@ -66,6 +66,7 @@ async def idle_load(db: BenchDB, seconds: float) -> dict[str, Any]:
         "statements": after - before,
         "per_second": round(per_second, 3),
         "poll_interval": poll,
+        "poll_intervals": round(seconds / poll, 2),
         "per_poll_interval": round(per_second * poll, 2),
         "method": method,
     }

@@ -62,6 +62,8 @@ RATIOS: list[tuple[str, str, str, float, bool]] = [
     ),
     ("pickup p50 (NOTIFY) / pgqueuer", "pickup.listen.p50_ms", "peer.pickup.p50_ms", 1.0, False),
     ("pickup p95 (NOTIFY) / pgqueuer", "pickup.listen.p95_ms", "peer.pickup.p95_ms", 1.0, False),
+    # At most one statement per poll interval (an idle worker holds no task to heartbeat).
+    ("idle statements / poll intervals", "idle.statements", "idle.poll_intervals", 1.0, False),
 ]
 
 
