@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from zart_conformance.bench.stats import latency_summary, percentile, ratio_rows
+from zart_conformance.bench.stats import latency_summary, median_run, percentile, ratio_rows
 from zart_conformance.bench.wire import MySQLCounter, PostgresCounter
 from zart_conformance.cli import main
 
@@ -32,6 +32,17 @@ def test_percentiles_interpolate_between_ranks() -> None:
 def test_latency_summary_is_in_milliseconds() -> None:
     summary = latency_summary([0.001, 0.002, 0.003])
     assert summary == {"samples": 3, "p50_ms": 2.0, "p95_ms": 2.9, "max_ms": 3.0, "mean_ms": 2.0}
+
+
+def test_the_median_run_is_kept_with_every_run_beside_it() -> None:
+    runs = [{"per_second": 9.0, "seconds": 1}, {"per_second": 3.0, "seconds": 3}]
+    runs.append({"per_second": 5.0, "seconds": 2})
+    assert median_run(runs) == {"per_second": 5.0, "seconds": 2, "runs": [9.0, 3.0, 5.0]}
+    # An even count keeps the lower middle run: a ratio is not flattered by the faster one.
+    assert median_run(runs[:2])["per_second"] == 3.0
+    assert median_run(runs[:1])["runs"] == [9.0]
+    with pytest.raises(ValueError):
+        median_run([])
 
 
 def test_ratios_compare_with_the_baseline_of_the_same_run() -> None:
@@ -100,7 +111,7 @@ def test_a_small_bench_run_reports_every_section(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     plot = tmp_path / "bench.png" if importlib.util.find_spec("matplotlib") else Path("-")
     args = ["bench", "--backend", "sqlite", "--tasks", "200", "--idle-seconds", "1"]
-    args += ["--pickup-samples", "6", "--json", str(out), "--plot", str(plot)]
+    args += ["--pickup-samples", "6", "--repeat", "2", "--json", str(out), "--plot", str(plot)]
     result = CliRunner().invoke(main, args, env={"ZART_RUN_DIR": str(tmp_path)})
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
@@ -108,6 +119,13 @@ def test_a_small_bench_run_reports_every_section(tmp_path: Path) -> None:
     section = doc["backends"]["sqlite"]
     assert set(section) == SECTIONS
     assert section["worker"]["1"]["tasks"] == 200 and section["ceiling"]["1"]["per_second"] > 0
+    # Two runs each: the median one is reported, both rates are kept.
+    for measured in (
+        section["worker"]["1"],
+        section["ceiling"]["1"],
+        section["scheduling"]["bulk"],
+    ):
+        assert len(measured["runs"]) == 2 and measured["per_second"] == min(measured["runs"])
     assert "skipped" in section["worker"]["2"]  # SQLite declares no concurrent workers
     assert section["scheduling"]["single"]["samples"] == 200
     assert section["pickup"]["poll"]["samples"] == 3

@@ -28,6 +28,13 @@ ALL = ("postgres", "mysql", "sqlite")
 @click.option("--tasks", type=int, default=20_000, show_default=True, help="No-op tasks per run.")
 @click.option("--idle-seconds", type=float, default=30.0, show_default=True)
 @click.option("--pickup-samples", type=int, default=200, show_default=True)
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Runs of each throughput and bulk measurement; the JSON keeps the median and all.",
+)
 @click.option("--suite", is_flag=True, help="Also time the whole conformance suite (minutes).")
 @click.option(
     "--suite-json",
@@ -56,6 +63,7 @@ def bench_command(
     tasks: int,
     idle_seconds: float,
     pickup_samples: int,
+    repeat: int,
     suite: bool,
     suite_files: tuple[Path, ...],
     json_path: Path,
@@ -66,6 +74,7 @@ def bench_command(
         tasks=tasks,
         idle_seconds=idle_seconds,
         pickup_samples=pickup_samples,
+        repeat=repeat,
         suite=suite,
         suite_files=list(suite_files),
     )

@@ -21,6 +21,7 @@ from .idle import idle_load
 from .pickup import pickup
 from .report import document
 from .scheduling import scheduling
+from .stats import median_run
 from .suite_time import from_result_file, run_suite
 from .throughput import drain_rate, worker_throughput
 
@@ -36,6 +37,9 @@ class BenchOptions:
     # Pickup by polling is timed with this interval: at the default (5 s) it is ~2.5 s.
     poll_interval: float = 0.1
     idle_seconds: float = 30.0
+    # Throughput and bulk scheduling are the median of this many runs (worker and ceiling
+    # interleaved, so drift on the machine moves both sides).
+    repeat: int = 3
     suite: bool = False
     suite_files: list[Path] = field(default_factory=list)
     run_dir: Path = field(
@@ -73,19 +77,35 @@ async def _backend(name: str, options: BenchOptions, say: Say) -> dict[str, Any]
         section["worker"], section["ceiling"] = {}, {}
         ceiling = ceiling_command(db.run_dir)
         for n in processes:
-            section["worker"][str(n)] = await step(
-                f"zart worker, {n} process(es)", lambda n=n: worker_throughput(db, count, n)
-            )
-            section["ceiling"][str(n)] = await step(
-                f"raw-SQL ceiling, {n} process(es)", lambda n=n: drain_rate(db, count, n, ceiling)
-            )
+            workers, ceilings = [], []
+            for run in _runs(options.repeat):
+                workers.append(
+                    await step(
+                        f"zart worker, {n} process(es){run}",
+                        lambda n=n: worker_throughput(db, count, n),
+                    )
+                )
+                ceilings.append(
+                    await step(
+                        f"raw-SQL ceiling, {n} process(es){run}",
+                        lambda n=n: drain_rate(db, count, n, ceiling),
+                    )
+                )
+            section["worker"][str(n)] = median_run(workers)
+            section["ceiling"][str(n)] = median_run(ceilings)
         if len(processes) == 1:
             section["worker"]["2"] = section["ceiling"]["2"] = {
                 "skipped": f"backend {name} does not declare concurrent_workers"
             }
-        section["scheduling"] = await step(
-            "scheduling", lambda: scheduling(db, count, options.singles)
-        )
+        schedules = [
+            await step(f"scheduling{run}", lambda: scheduling(db, count, options.singles))
+            for run in _runs(options.repeat)
+        ]
+        by_bulk = median_run([{**s, "per_second": s["bulk"]["per_second"]} for s in schedules])
+        section["scheduling"] = {
+            "bulk": {**by_bulk["bulk"], "runs": by_bulk["runs"]},
+            "single": by_bulk["single"],
+        }
         section["pickup"] = {}
         if "listen_notify" in descriptor.capabilities:
             section["pickup"]["listen"] = await step(
@@ -117,7 +137,7 @@ async def _peer(db: BenchDB, options: BenchOptions, processes: list[int], step: 
     return await step(
         "pgqueuer (bulk, drain, pickup)",
         lambda: peer.peer_section(
-            url, db.run_dir, options.tasks, processes, options.pickup_samples
+            url, db.run_dir, options.tasks, processes, options.pickup_samples, options.repeat
         ),
     )
 
@@ -137,6 +157,11 @@ async def _server_version(db: BenchDB) -> str:
     query = "SELECT 'SQLite ' || sqlite_version()" if sqlite else "SELECT version()"
     async with db.fresh("version") as (_, backend), backend.engine.connect() as conn:
         return str((await conn.execute(text(query))).scalar())
+
+
+def _runs(repeat: int) -> list[str]:
+    """Labels for ``repeat`` runs: none for one, " (run i/n)" for several."""
+    return [""] if repeat == 1 else [f" (run {i}/{repeat})" for i in range(1, repeat + 1)]
 
 
 def _headline(result: Any) -> str:

@@ -31,6 +31,15 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float | int]:
     }
 
 
+def median_run(runs: Sequence[dict[str, Any]], key: str = "per_second") -> dict[str, Any]:
+    """The run whose ``key`` is the median (the lower one of an even count), with every run's
+    ``key`` beside it: one quiet or one disturbed run does not decide a ratio."""
+    if not runs:
+        raise ValueError("median of no runs")
+    ordered = sorted(runs, key=lambda run: float(run[key]))
+    return {**ordered[(len(ordered) - 1) // 2], "runs": [run[key] for run in runs]}
+
+
 def _get(doc: dict[str, Any], path: str) -> float | None:
     node: Any = doc
     for key in path.split("."):
