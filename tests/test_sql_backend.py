@@ -50,6 +50,34 @@ async def test_scheduling_an_existing_id_keeps_the_original(backend: SQLBackend)
     assert record is not None and record.payload == {"v": 1}
 
 
+async def test_one_call_mixes_instants_delays_repeats_and_existing_ids(backend: SQLBackend) -> None:
+    """Every way a due time is given, in one bulk call (one statement per kind on PostgreSQL)."""
+    at = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    await backend.schedule([NewTask("old", "noop", {"v": "old"})])
+    before = await backend.now()
+    created = await backend.schedule(
+        [
+            NewTask("at", "noop", {"x": [1, "é"]}, run_at=at),
+            NewTask("now", "noop"),
+            NewTask("old", "noop", {"v": "new"}),
+            NewTask("soon", "noop", delay=90.5),
+            NewTask("now", "other"),  # repeated in the call: the first one wins
+            NewTask("soon2", "noop", delay=90.5),
+        ]
+    )
+    after = await backend.now()
+    assert created == [True, True, False, True, False, True]
+    records = {
+        r.id: r for r in [await backend.get(i) for i in ("at", "now", "old", "soon", "soon2")] if r
+    }
+    assert records["at"].run_at == at and records["at"].payload == {"x": [1, "é"]}
+    assert before <= records["now"].run_at <= after and records["now"].name == "noop"
+    assert records["old"].payload == {"v": "old"}
+    delay = timedelta(seconds=90.5)
+    for soon in ("soon", "soon2"):
+        assert before + delay <= records[soon].run_at <= after + delay
+
+
 async def test_claims_are_disjoint_and_bounded_under_concurrency(backend: SQLBackend) -> None:
     await backend.schedule([NewTask(f"t{i:03d}", "noop") for i in range(60)])
     claimers = [SQLBackend(backend.url, schema=backend.schema) for _ in range(6)]

@@ -151,9 +151,11 @@ def validate_new(tasks: Sequence[NewTask]) -> list[NewTask]:
     from . import payload
 
     first: dict[str, NewTask] = {}
+    names: set[str] = set()  # a bulk schedule repeats a few handler names many times
     for task in tasks:
         payload.check_name(task.id, what="task id")
-        payload.check_name(task.name, what=f"handler name of task {task.id!r}")
+        if not (type(task.name) is str and task.name in names):
+            names.add(payload.check_name(task.name, what=f"handler name of task {task.id!r}"))
         if not math.isfinite(task.delay) or task.delay < 0:
             raise PayloadError(
                 f"delay of task {task.id!r} must be a finite number >= 0, got {task.delay!r}"

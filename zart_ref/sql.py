@@ -14,17 +14,21 @@ from sqlalchemy import (
     Integer,
     Select,
     String,
+    Text,
     Update,
     bindparam,
     case,
+    column,
     exists,
     func,
     insert,
+    literal,
     or_,
     select,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL, Row
@@ -47,6 +51,9 @@ from .sql_durable import DurableSQL
 from .urls import libpq_dsn, normalize_url, redact
 
 _INSERT_CHUNK = 1000
+# PostgreSQL sends each column as one array: a chunk is bounded by memory, not parameters.
+_UNNEST_CHUNK = 50_000
+_UNNESTED = ("id", "name", "payload")
 _CONFLICT_RETRIES = 5
 # Completions written by one statement at most (a worker holds max_concurrent_tasks).
 _MAX_GROUP = 64
@@ -250,8 +257,9 @@ class SQLBackend(DurableSQL):
         async def body(conn: AsyncConnection) -> set[str]:
             created: set[str] = set()
             for delay, rows in groups.items():
-                for start in range(0, len(rows), _INSERT_CHUNK):
-                    chunk = rows[start : start + _INSERT_CHUNK]
+                size = _UNNEST_CHUNK if self.dialect.name == "postgresql" else _INSERT_CHUNK
+                for start in range(0, len(rows), size):
+                    chunk = rows[start : start + size]
                     created |= await self._insert_new(conn, chunk, delay)
             if created:
                 await self._notify(conn)
@@ -275,9 +283,16 @@ class SQLBackend(DurableSQL):
         if delay is not None:
             stamps["run_at"] = self.dialect.now_plus(delay) if delay else now
         name = self.dialect.name
-        if name in ("postgresql", "sqlite"):
-            insert_fn = pg_insert if name == "postgresql" else sqlite_insert
-            stmt = insert_fn(t).values(stamps).on_conflict_do_nothing(index_elements=[t.c.id])
+        if name == "postgresql":
+            columns = {key: [row[key] for row in rows] for key in _UNNESTED}
+            if delay is None:
+                columns["run_at"] = [row["run_at"] for row in rows]
+            inserted: list[str] | None = (
+                await conn.execute(self._unnest_insert(stamps), columns)
+            ).scalar()
+            return set(inserted or [])
+        if name == "sqlite":
+            stmt = sqlite_insert(t).values(stamps).on_conflict_do_nothing(index_elements=[t.c.id])
             return set((await conn.execute(stmt.returning(t.c.id), rows)).scalars())
         # MySQL has no INSERT ... RETURNING: lock the ids (gap locks included), then insert.
         ids = [row["id"] for row in rows]
@@ -294,6 +309,35 @@ class SQLBackend(DurableSQL):
             )
             await conn.execute(insert(t).prefix_with("IGNORE"), [row | fixed for row in fresh])
         return {row["id"] for row in fresh}
+
+    @staticmethod
+    def _unnest_insert(stamps: dict[str, Any]) -> Select[Any]:
+        """PostgreSQL: one INSERT ... SELECT FROM unnest(arrays), one bound array per column,
+        the new ids back as one array: a bulk schedule is one statement and one row."""
+        types: dict[str, Any] = {
+            "id": String(),
+            "name": String(),
+            "payload": Text(),
+            "run_at": UTCDateTime(),
+        }
+        unnested = [key for key in (*_UNNESTED, "run_at") if key not in stamps]
+        arrays: list[Any] = [bindparam(key, type_=ARRAY(types[key])) for key in unnested]
+        rows = (
+            func.unnest(*arrays)
+            .table_valued(*[column(key, types[key]) for key in unnested])
+            .render_derived("new")
+        )
+        values = {
+            **{key: rows.c[key] for key in unnested},
+            "status": literal(SCHEDULED, String()),
+            "attempts": literal(0, Integer()),
+            **stamps,
+        }
+        chosen = select(*values.values())
+        stmt = pg_insert(t).from_select(list(values), chosen)
+        inserted = stmt.on_conflict_do_nothing(index_elements=[t.c.id]).returning(t.c.id)
+        ids = inserted.cte("inserted")
+        return select(func.array_agg(ids.c.id, type_=ARRAY(String())))
 
     # -- claiming -------------------------------------------------------------------------
 
