@@ -15,6 +15,7 @@ from tests.conftest import server_url
 from zart_conformance.provision import Target
 from zart_ref import DatabaseUnavailable, NewTask, PoolConfig, SQLBackend
 from zart_ref.backend import Lease
+from zart_ref.sql import _group_binds
 
 
 async def test_claim_and_complete_return_what_sqlalchemy_would(db: Target) -> None:
@@ -137,3 +138,36 @@ async def test_a_connection_lost_while_opening_is_unavailable(server: str) -> No
     finally:
         await backend.close()
         listener.close()
+
+
+async def test_completions_find_their_rows_by_primary_key_during_a_drain(
+    backend: SQLBackend,
+) -> None:
+    """A drain leaves the status indexes full of entries for rows that moved on (dead ones
+    on PostgreSQL until vacuum); a completion that used them would read thousands per call."""
+    await backend.schedule([NewTask(f"t{i:05d}", "noop") for i in range(1500)])
+    for _ in range(10):
+        claimed = await backend.claim("w", 100, 30.0)
+        await asyncio.gather(*(backend.complete(Lease(c.id, c.token), None) for c in claimed))
+    held = await backend.claim("w", 3, 30.0)
+    items = {c.id: (c.token, "null") for c in held}
+    name = backend.dialect.name
+    # The statement that finds the rows: MySQL locks them first, the others update at once.
+    stmt = (backend._complete_lock if name == "mysql" else backend._complete_update)(len(held))
+    explain = "EXPLAIN QUERY PLAN" if name == "sqlite" else "EXPLAIN"
+    plan = await backend.run_hot(
+        lambda conn: conn.execute_raw(
+            f"{explain} {stmt.sql}", stmt.parameters(_group_binds(items))
+        ),
+        single_statement=True,
+    )
+    # MySQL lists every candidate index too: only its `key` column says which one is used.
+    rows = [[row[5]] for row in plan] if name == "mysql" else plan
+    text_plan = "\n".join(" ".join(str(v) for v in row) for row in rows)
+    primary_key = {
+        "postgresql": "zart_tasks_pkey",
+        "sqlite": "sqlite_autoindex_zart_tasks_1",
+        "mysql": "PRIMARY",
+    }
+    assert primary_key[name] in text_plan, text_plan
+    assert "zart_tasks_lease" not in text_plan and "zart_tasks_claim" not in text_plan, text_plan

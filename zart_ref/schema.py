@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     Column,
+    ColumnElement,
     DateTime,
     Dialect,
     Index,
@@ -126,3 +127,14 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+def found_running() -> ColumnElement[bool]:
+    """status = 'running' for rows found by their id, where it must not be how they are found.
+
+    The status indexes hold an entry for every recent change of state (on PostgreSQL the dead
+    ones stay until vacuum): a planner that answers ``id IN (...) AND status = 'running'``
+    from them reads thousands of entries per statement during a drain, where the primary key
+    reads a few. The expression keeps the test and hides it from index selection.
+    """
+    return (tasks.c.status + "") == RUNNING

@@ -46,7 +46,17 @@ from .dialects import Dialect, dialect_for
 from .errors import DatabaseUnavailable, LeaseLost
 from .hotpath import Compiled, HotConnection, compile_statement, run_hot
 from .pglisten import PgListener
-from .schema import COMPLETED, FAILED, RUNNING, SCHEDULED, JSONText, UTCDateTime, metadata, tasks
+from .schema import (
+    COMPLETED,
+    FAILED,
+    RUNNING,
+    SCHEDULED,
+    JSONText,
+    UTCDateTime,
+    found_running,
+    metadata,
+    tasks,
+)
 from .sql_durable import DurableSQL
 from .urls import libpq_dsn, normalize_url, redact
 
@@ -486,7 +496,7 @@ class SQLBackend(DurableSQL):
     # -- fenced writes --------------------------------------------------------------------
 
     def _held(self, lease: Lease) -> ColumnElement[bool]:
-        return (t.c.id == lease.task_id) & (t.c.lock_token == lease.token) & (t.c.status == RUNNING)
+        return (t.c.id == lease.task_id) & (t.c.lock_token == lease.token) & found_running()
 
     async def _fenced_update(
         self, lease: Lease, operation: str, values: dict[str, Any], *, notify: bool = False
@@ -524,7 +534,7 @@ class SQLBackend(DurableSQL):
     async def renew(self, leases: Sequence[Lease], lease_seconds: float) -> dict[str, datetime]:
         if not leases:
             return {}
-        held = (t.c.status == RUNNING) & tuple_(t.c.id, t.c.lock_token).in_(
+        held = found_running() & tuple_(t.c.id, t.c.lock_token).in_(
             [(x.task_id, x.token) for x in leases]
         )
         stmt = update(t).where(held).values(lease_expires_at=self.dialect.now_plus(lease_seconds))
@@ -568,7 +578,7 @@ class SQLBackend(DurableSQL):
             held = or_(
                 *[(t.c.id == ids[i]) & (t.c.lock_token == _text(f"token{i}")) for i in range(count)]
             )
-            stmt = update(t).where(t.c.status == RUNNING, t.c.id.in_(ids), held).values(values)
+            stmt = update(t).where(found_running(), t.c.id.in_(ids), held).values(values)
             return stmt.returning(t.c.id, t.c.updated_at)
 
         return self._hot(("complete", count, fenced), build)
@@ -579,7 +589,7 @@ class SQLBackend(DurableSQL):
         def build() -> Select[Any]:
             ids = [_text(f"id{i}") for i in range(count)]
             columns = (t.c.id, t.c.lock_token, self.dialect.now().label("now"))
-            running = select(*columns).where(t.c.status == RUNNING, t.c.id.in_(ids))
+            running = select(*columns).where(found_running(), t.c.id.in_(ids))
             return running.with_for_update()
 
         return self._hot(("complete_lock", count), build)
