@@ -138,3 +138,8 @@ def found_running() -> ColumnElement[bool]:
     reads a few. The expression keeps the test and hides it from index selection.
     """
     return (tasks.c.status + "") == RUNNING
+
+
+def held_by(task_id: str, token: str) -> ColumnElement[bool]:
+    """The row of ``task_id`` while the claim that minted ``token`` still holds it."""
+    return (tasks.c.id == task_id) & (tasks.c.lock_token == token) & found_running()

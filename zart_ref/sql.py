@@ -54,6 +54,7 @@ from .schema import (
     JSONText,
     UTCDateTime,
     found_running,
+    held_by,
     metadata,
     tasks,
 )
@@ -495,13 +496,10 @@ class SQLBackend(DurableSQL):
 
     # -- fenced writes --------------------------------------------------------------------
 
-    def _held(self, lease: Lease) -> ColumnElement[bool]:
-        return (t.c.id == lease.task_id) & (t.c.lock_token == lease.token) & found_running()
-
     async def _fenced_update(
         self, lease: Lease, operation: str, values: dict[str, Any], *, notify: bool = False
     ) -> datetime:
-        stmt = update(t).where(self._held(lease)).values(values)
+        stmt = update(t).where(held_by(lease.task_id, lease.token)).values(values)
 
         async def body(conn: AsyncConnection) -> datetime | None:
             if self.dialect.update_returning:

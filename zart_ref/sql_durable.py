@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from . import payload as payloads
 from .backend import Lease, TaskRecord
 from .errors import LeaseLost
-from .schema import CANCELLED, SCHEDULED, TERMINAL, events, found_running, steps, tasks
+from .schema import CANCELLED, SCHEDULED, TERMINAL, events, held_by, steps, tasks
 
 if TYPE_CHECKING:
     from .dialects import Dialect
@@ -62,7 +62,7 @@ class DurableSQL:
 
     async def _hold(self, conn: AsyncConnection, lease: Lease, operation: str) -> None:
         """Lock the execution's row while our token holds it, or raise LeaseLost."""
-        held = (t.c.id == lease.task_id) & (t.c.lock_token == lease.token) & found_running()
+        held = held_by(lease.task_id, lease.token)
         if (await conn.execute(select(t.c.id).where(held).with_for_update())).first() is None:
             raise LeaseLost(lease.task_id, lease.token, operation)
 
