@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+import random
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
 from tests.conftest import DIALECTS, SCALE, eventually, new_namespace, server_url
 from zart_conformance.provision import Target
-from zart_ref import Lease, LeaseLost, NewTask, PayloadError, Pending, SQLBackend
+from zart_ref import Lease, LeaseLost, NewTask, PayloadError, Pending, SQLBackend, sql
+from zart_ref.moments import MAX_DELAY
+
+HOUR = timedelta(hours=1)
+# Row sizes that exercise every way a chunk ends (see test_chunks_are_bounded...).
+SIZES = [10, 10, 10, 10, 150, 40, 40, 30, 10, 10, 95]
 
 
 async def wait_for_db_time(backend: SQLBackend, moment: datetime) -> None:
@@ -51,7 +57,7 @@ async def test_scheduling_an_existing_id_keeps_the_original(backend: SQLBackend)
 
 
 async def test_one_call_mixes_instants_delays_repeats_and_existing_ids(backend: SQLBackend) -> None:
-    """Every way a due time is given, in one bulk call (one statement per kind on PostgreSQL)."""
+    """Every way a due time is given, in one bulk call (one statement on PostgreSQL)."""
     at = datetime(2031, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
     await backend.schedule([NewTask("old", "noop", {"v": "old"})])
     before = await backend.now()
@@ -239,6 +245,15 @@ async def test_a_repeated_id_in_one_call_is_created_once(backend: SQLBackend) ->
         (NewTask("", "noop"), "non-empty string"),
         (NewTask("ok", ""), "handler name of task 'ok' must be a non-empty string"),
         (NewTask("ok", "noop", delay=float("nan")), "finite number"),
+        (NewTask("ok", "noop", delay=-1), "delay of task 'ok' must be a finite number >= 0"),
+        (NewTask("ok", "noop", delay="5"), "delay of task 'ok' must be a number of seconds"),  # type: ignore[arg-type]
+        (NewTask("ok", "noop", delay=3e11), "delay of task 'ok' is 3e\\+11 seconds"),
+        (NewTask("ok", "noop", run_at=datetime(9999, 12, 31, 1, tzinfo=UTC)), "9999-12-31T01"),
+        (NewTask("ok", "noop", run_at=datetime(999, 1, 1, tzinfo=UTC)), "run_at of task 'ok'"),
+        (
+            NewTask("ok", "noop", run_at=datetime(9999, 12, 31, 23, tzinfo=timezone(-HOUR))),
+            "outside the instants every backend stores",
+        ),
         (NewTask("ok", "noop", {"s": "\ud800"}), "lone surrogate"),
     ],
 )
@@ -248,3 +263,70 @@ async def test_ids_names_and_delays_every_backend_cannot_keep_are_refused(
     with pytest.raises(PayloadError, match=fragment):
         await backend.schedule([task])
     assert await backend.count_by_status() == {}
+
+
+async def test_the_latest_storable_due_times_round_trip(backend: SQLBackend) -> None:
+    """The edges of the range every backend accepts are stored and read back exactly."""
+    last = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+    first = datetime(1000, 1, 1, tzinfo=UTC)
+    before = await backend.now()
+    assert await backend.schedule(
+        [
+            NewTask("last", "noop", run_at=last),
+            NewTask("first", "noop", run_at=first),
+            NewTask("far", "noop", delay=MAX_DELAY),
+        ]
+    ) == [True, True, True]
+    records = {i: await backend.get(i) for i in ("last", "first", "far")}
+    assert records["last"] and records["last"].run_at == last
+    assert records["first"] and records["first"].run_at == first
+    far = records["far"]
+    assert far and far.run_at - before >= timedelta(seconds=MAX_DELAY)
+
+
+async def test_concurrent_schedules_of_overlapping_ids_never_deadlock(backend: SQLBackend) -> None:
+    """Eight calls, each a random 3/4 of the same ids in random order with mixed delays: every
+    call succeeds (no deadlock or retry exhausted) and every id is created exactly once."""
+    ids = [f"t{i:04d}" for i in range(1200)]
+
+    async def one(seed: int) -> list[tuple[str, bool]]:
+        rng = random.Random(seed)
+        chosen = rng.sample(ids, 900)
+        tasks = [NewTask(i, "noop", {"by": seed}, delay=rng.choice([0, 60])) for i in chosen]
+        return list(zip(chosen, await backend.schedule(tasks), strict=True))
+
+    results = await asyncio.gather(*(one(seed) for seed in range(8)))
+    created = [task_id for result in results for task_id, new in result if new]
+    assert sorted(created) == sorted(set(created))
+    assert set(created) == set().union(*({i for i, _ in result} for result in results))
+    # Each id's stored payload names the one call that says it created it.
+    creator = {task_id: seed for seed, r in enumerate(results) for task_id, new in r if new}
+    for task_id in random.Random(0).sample(sorted(creator), 20):
+        record = await backend.get(task_id)
+        assert record is not None and record.payload == {"by": creator[task_id]}
+
+
+async def test_a_bulk_schedule_split_by_size_keeps_every_flag_in_order(
+    backend: SQLBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks bounded by characters (as PostgreSQL's 1 GB message limit needs) split one call
+    into many statements; flags still follow the caller's order, repeats and existing ids."""
+    monkeypatch.setattr(sql, "_CHUNK_CHARS", 2_000)
+    await backend.schedule([NewTask("k05", "noop")])
+    tasks = [NewTask(f"k{i:02d}", "noop", "x" * 300) for i in reversed(range(40))]
+    tasks.append(NewTask("k07", "noop", "again"))
+    flags = await backend.schedule(tasks)
+    assert flags == [task.id != "k05" for task in tasks[:-1]] + [False]
+    assert await backend.count_by_status() == {"scheduled": 40}
+    record = await backend.get("k07")
+    assert record is not None and record.payload == "x" * 300
+
+
+def test_chunks_are_bounded_by_rows_and_by_characters() -> None:
+    rows = [{"id": f"{i}", "name": "n", "payload": "p" * size} for i, size in enumerate(SIZES)]
+    chunks = list(sql._chunks(rows, 3, 100))
+    assert [row for chunk in chunks for row in chunk] == rows
+    for chunk in chunks:
+        chars = sum(len(r["id"]) + len(r["name"]) + len(r["payload"]) for r in chunk)
+        assert len(chunk) <= 3 and (chars <= 100 or len(chunk) == 1)
+    assert [len(chunk) for chunk in chunks] == [3, 1, 1, 2, 3, 1]

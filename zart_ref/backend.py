@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import PayloadError
+from .moments import check_delay, check_instant
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,9 +155,8 @@ def validate_new(tasks: Sequence[NewTask]) -> list[NewTask]:
         payload.check_name(task.id, what="task id")
         if not (type(task.name) is str and task.name in names):
             names.add(payload.check_name(task.name, what=f"handler name of task {task.id!r}"))
-        if not math.isfinite(task.delay) or task.delay < 0:
-            raise PayloadError(
-                f"delay of task {task.id!r} must be a finite number >= 0, got {task.delay!r}"
-            )
+        check_delay(task.delay, what=f"delay of task {task.id!r}")
+        if task.run_at is not None:
+            check_instant(task.run_at, what=f"run_at of task {task.id!r}")
         first.setdefault(task.id, task)
     return list(first.values())

@@ -22,7 +22,8 @@ from .config import PoolConfig, WorkerConfig
 from .errors import ConfigError, DatabaseUnavailable, PayloadError, ZartError
 from .health import HealthServer
 from .importing import load_object
-from .payload import parse_json_argument, require_aware
+from .moments import check_instant
+from .payload import parse_json_argument
 from .registry import Registry
 from .urls import normalize_url
 from .worker import Worker
@@ -235,7 +236,7 @@ def _parse_time(text: str) -> datetime:
         raise ConfigError(
             f"--at {text!r} is not an ISO 8601 time (e.g. 2026-12-24T18:00:00+00:00)"
         ) from None
-    return require_aware(moment, what=f"--at {text!r}")
+    return check_instant(moment, what=f"--at {text!r}")
 
 
 @main.command()

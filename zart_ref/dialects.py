@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, Literal, cast
 
-from sqlalchemy import ColumnElement, Interval, event, func, literal, text
+from sqlalchemy import ColumnElement, Interval, event, func, literal, literal_column, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -49,6 +49,10 @@ class Dialect:
 
     def now_plus(self, seconds: float) -> ColumnElement[datetime]:
         """The database clock plus ``seconds``."""
+        raise NotImplementedError
+
+    def now_plus_column(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
+        """The database clock plus a number of seconds that varies by row."""
         raise NotImplementedError
 
     def engine_options(self, url: URL, pool: PoolConfig) -> dict[str, Any]:
@@ -103,6 +107,9 @@ class PostgresDialect(Dialect):
     def now_plus(self, seconds: float) -> ColumnElement[datetime]:
         return self.now() + literal(timedelta(seconds=seconds), Interval())
 
+    def now_plus_column(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
+        return self.now() + seconds * literal_column("interval '1 second'", Interval())
+
     def engine_options(self, url: URL, pool: PoolConfig) -> dict[str, Any]:
         options = super().engine_options(url, pool)
         options["connect_args"] = {
@@ -155,6 +162,10 @@ class SQLiteDialect(Dialect):
     def now_plus(self, seconds: float) -> ColumnElement[datetime]:
         return func.strftime(self._FORMAT, "now", f"{seconds:+.6f} seconds", type_=UTCDateTime)
 
+    def now_plus_column(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
+        shift = func.printf("%+.6f seconds", seconds)
+        return func.strftime(self._FORMAT, "now", shift, type_=UTCDateTime)
+
     def engine_options(self, url: URL, pool: PoolConfig) -> dict[str, Any]:
         options = super().engine_options(url, pool)
         options["connect_args"] = {"timeout": pool.statement_timeout}
@@ -195,6 +206,10 @@ class MySQLDialect(Dialect):
 
     def now_plus(self, seconds: float) -> ColumnElement[datetime]:
         micros = round(seconds * 1_000_000)
+        return func.timestampadd(text("MICROSECOND"), micros, self.now(), type_=UTCDateTime)
+
+    def now_plus_column(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
+        micros = func.round(seconds * 1_000_000)
         return func.timestampadd(text("MICROSECOND"), micros, self.now(), type_=UTCDateTime)
 
     def engine_options(self, url: URL, pool: PoolConfig) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from . import payload as payloads
-from .backend import ClaimedTask, Lease, NewTask, Pending, TaskRecord
+from .backend import ClaimedTask, Lease, NewTask, Pending, TaskRecord, validate_new
 from .errors import LeaseLost
 from .schema import COMPLETED, FAILED, RUNNING, SCHEDULED
 
@@ -42,24 +42,23 @@ class InMemoryBackend:
         return None
 
     async def schedule(self, tasks: Sequence[NewTask]) -> list[bool]:
+        validate_new(tasks)
+        # Every payload checked before the first insert: a bad one writes nothing.
+        encoded = [payloads.encode(t.payload, what=f"payload of task {t.id!r}") for t in tasks]
         created = []
         now = self.clock()
-        for task in tasks:
-            encoded = payloads.encode(task.payload, what=f"payload of task {task.id!r}")
+        for task, text in zip(tasks, encoded, strict=True):
             if task.id in self.rows:
                 created.append(False)
                 continue
-            if task.run_at is not None:
-                payloads.require_aware(task.run_at, what=f"run_at of task {task.id!r}")
-            run_at = task.run_at or now + timedelta(seconds=task.delay)
             self.rows[task.id] = _Row(
                 TaskRecord(
                     id=task.id,
                     name=task.name,
                     status=SCHEDULED,
-                    payload=payloads.decode(encoded),
+                    payload=payloads.decode(text),
                     attempts=0,
-                    run_at=run_at,
+                    run_at=task.run_at or now + timedelta(seconds=task.delay),
                     created_at=now,
                 )
             )

@@ -76,16 +76,6 @@ def _check(value: Any, path: list[str | int], root: str) -> None:
     )
 
 
-def require_aware(moment: datetime, *, what: str) -> datetime:
-    """Naive datetimes name no instant: reject them before they reach a database."""
-    if moment.tzinfo is None or moment.utcoffset() is None:
-        raise PayloadError(
-            f"{what} is a naive datetime ({moment.isoformat()}); give it a timezone "
-            "(e.g. datetime.now(timezone.utc)) so every worker reads the same instant."
-        )
-    return moment
-
-
 def encode(value: JSON, *, what: str = "payload") -> str:
     """Serialize ``value`` for storage after checking that it round-trips exactly."""
     if value is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from .errors import ConfigError, UnknownHandler
+from .moments import check_delay
 from .retry import RetryPolicy
 
 HandlerFn = Callable[[Any], Awaitable[Any]]
@@ -69,8 +70,8 @@ class Registry:
     ) -> None:
         if name in self._handlers:
             raise ConfigError(f"handler {name!r} is registered twice")
-        if timeout is not None and not timeout > 0:
-            raise ConfigError(f"timeout of {name!r} must be a positive number, got {timeout!r}")
+        if timeout is not None:
+            check_delay(timeout, what=f"timeout of {name!r}", error=ConfigError, zero=False)
         self._handlers[name] = Handler(name, fn, retry or RetryPolicy(), timeout)
 
     def get(self, name: str) -> Handler:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .errors import ConfigError
+from .moments import check_delay
 
 Backoff = Literal["fixed", "linear", "exponential"]
 
@@ -29,11 +30,10 @@ class RetryPolicy:
             raise ConfigError(
                 f"RetryPolicy.backoff must be fixed, linear or exponential, got {self.backoff!r}"
             )
-        if self.base_delay < 0 or self.max_delay < 0 or not 0 <= self.jitter <= 1:
-            raise ConfigError(
-                "RetryPolicy needs base_delay >= 0, max_delay >= 0 and 0 <= jitter <= 1, got "
-                f"{self.base_delay}, {self.max_delay}, {self.jitter}"
-            )
+        for key in ("base_delay", "max_delay"):
+            check_delay(getattr(self, key), what=f"RetryPolicy.{key}", error=ConfigError)
+        if not 0 <= self.jitter <= 1:
+            raise ConfigError(f"RetryPolicy.jitter must be between 0 and 1, got {self.jitter!r}")
 
     def delay_for(self, attempt: int, rng: random.Random | None = None) -> float | None:
         """Seconds before attempt ``attempt + 1``, or None when ``attempt`` was the last."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     ColumnElement,
+    Float,
     Integer,
     Select,
     String,
@@ -62,9 +63,12 @@ from .sql_durable import DurableSQL
 from .urls import libpq_dsn, normalize_url, redact
 
 _INSERT_CHUNK = 1000
-# PostgreSQL sends each column as one array: a chunk is bounded by memory, not parameters.
+# PostgreSQL sends each column as one array: a chunk is bounded by size, not parameters.
 _UNNEST_CHUNK = 50_000
-_UNNESTED = ("id", "name", "payload")
+_UNNESTED = ("id", "name", "payload", "due_at", "delay")
+# Payload, id and name characters in one statement at most: PostgreSQL refuses a message
+# over 1 GB, and a chunk of large payloads would reach that long before its row limit.
+_CHUNK_CHARS = 64 * 1024 * 1024
 _CONFLICT_RETRIES = 5
 # Completions written by one statement at most (a worker holds max_concurrent_tasks).
 _MAX_GROUP = 64
@@ -248,30 +252,26 @@ class SQLBackend(DurableSQL):
     # -- scheduling -----------------------------------------------------------------------
 
     async def schedule(self, new: Sequence[NewTask]) -> list[bool]:
-        unique = validate_new(new)
-        # By how their due time is computed: an explicit instant (None), or now + delay.
-        groups: dict[float | None, list[dict[str, Any]]] = {}
-        for task in unique:
-            row = {
+        # Inserted in id order: concurrent schedules of overlapping ids lock their rows in
+        # one order and cannot deadlock.
+        unique = sorted(validate_new(new), key=lambda task: task.id)
+        rows = [
+            {
                 "id": task.id,
                 "name": task.name,
                 "payload": payloads.encode(task.payload, what=f"payload of task {task.id!r}"),
-                "status": SCHEDULED,
-                "attempts": 0,
+                # An explicit instant, or None: due ``delay`` seconds from now (DB clock).
+                "due_at": task.run_at,
+                "delay": task.delay,
             }
-            if task.run_at is not None:
-                row["run_at"] = payloads.require_aware(task.run_at, what=f"run_at of {task.id!r}")
-                groups.setdefault(None, []).append(row)
-            else:
-                groups.setdefault(task.delay, []).append(row)
+            for task in unique
+        ]
+        most = _UNNEST_CHUNK if self.dialect.name == "postgresql" else _INSERT_CHUNK
 
         async def body(conn: AsyncConnection) -> set[str]:
             created: set[str] = set()
-            for delay, rows in groups.items():
-                size = _UNNEST_CHUNK if self.dialect.name == "postgresql" else _INSERT_CHUNK
-                for start in range(0, len(rows), size):
-                    chunk = rows[start : start + size]
-                    created |= await self._insert_new(conn, chunk, delay)
+            for chunk in _chunks(rows, most, _CHUNK_CHARS):
+                created |= await self._insert_new(conn, chunk)
             if created:
                 await self._notify(conn)
             return created
@@ -281,29 +281,26 @@ class SQLBackend(DurableSQL):
         chosen = {id(task) for task in unique}
         return [task.id in created and id(task) in chosen for task in new]
 
-    async def _insert_new(
-        self, conn: AsyncConnection, rows: list[dict[str, Any]], delay: float | None
-    ) -> set[str]:
+    async def _insert_new(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
         """Insert rows whose id is new (one statement, many rows); returns the ids inserted.
 
-        Times come from the database clock inside the statement: due ``delay`` seconds from
-        now, or at the row's own ``run_at`` when ``delay`` is None.
+        Due times come from the database clock: the row's own ``due_at``, or ``delay``
+        seconds from now.
         """
-        now = self.dialect.now()
-        stamps: dict[str, Any] = {"created_at": now, "updated_at": now}
-        if delay is not None:
-            stamps["run_at"] = self.dialect.now_plus(delay) if delay else now
         name = self.dialect.name
         if name == "postgresql":
             columns = {key: [row[key] for row in rows] for key in _UNNESTED}
-            if delay is None:
-                columns["run_at"] = [row["run_at"] for row in rows]
             inserted: list[str] | None = (
-                await conn.execute(self._unnest_insert(stamps), columns)
+                await conn.execute(self._unnest_insert(), columns)
             ).scalar()
             return set(inserted or [])
         if name == "sqlite":
-            stmt = sqlite_insert(t).values(stamps).on_conflict_do_nothing(index_elements=[t.c.id])
+            stmt = sqlite_insert(t).values(
+                self._stamps(
+                    bindparam("due_at", type_=UTCDateTime), bindparam("delay", type_=Float())
+                )
+            )
+            stmt = stmt.on_conflict_do_nothing(index_elements=[t.c.id])
             return set((await conn.execute(stmt.returning(t.c.id), rows)).scalars())
         # MySQL has no INSERT ... RETURNING: lock the ids (gap locks included), then insert.
         ids = [row["id"] for row in rows]
@@ -313,36 +310,55 @@ class SQLBackend(DurableSQL):
         if fresh:
             # The clock read once and bound, so that the driver sends one multi-row INSERT
             # (aiomysql batches only VALUES made of plain parameters).
-            at: datetime = (await conn.execute(select(now))).scalar_one()
-            due = at + timedelta(seconds=delay or 0)
-            fixed = {"created_at": at, "updated_at": at} | (
-                {} if delay is None else {"run_at": due}
-            )
-            await conn.execute(insert(t).prefix_with("IGNORE"), [row | fixed for row in fresh])
+            at: datetime = (await conn.execute(select(self.dialect.now()))).scalar_one()
+            values = [
+                {
+                    "id": row["id"],
+                    "name": row["name"],
+                    "payload": row["payload"],
+                    "run_at": row["due_at"] or at + timedelta(seconds=row["delay"]),
+                    "status": SCHEDULED,
+                    "attempts": 0,
+                    "created_at": at,
+                    "updated_at": at,
+                }
+                for row in fresh
+            ]
+            await conn.execute(insert(t).prefix_with("IGNORE"), values)
         return {row["id"] for row in fresh}
 
-    @staticmethod
-    def _unnest_insert(stamps: dict[str, Any]) -> Select[Any]:
+    def _stamps(self, due_at: ColumnElement[Any], delay: ColumnElement[Any]) -> dict[str, Any]:
+        """The columns a new row gets from the statement rather than from the caller."""
+        now = self.dialect.now()
+        return {
+            "status": literal(SCHEDULED, String()),
+            "attempts": literal(0, Integer()),
+            "run_at": func.coalesce(due_at, self.dialect.now_plus_column(delay), type_=UTCDateTime),
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def _unnest_insert(self) -> Select[Any]:
         """PostgreSQL: one INSERT ... SELECT FROM unnest(arrays), one bound array per column,
         the new ids back as one array: a bulk schedule is one statement and one row."""
         types: dict[str, Any] = {
             "id": String(),
             "name": String(),
             "payload": Text(),
-            "run_at": UTCDateTime(),
+            "due_at": UTCDateTime(),
+            "delay": Float(),
         }
-        unnested = [key for key in (*_UNNESTED, "run_at") if key not in stamps]
-        arrays: list[Any] = [bindparam(key, type_=ARRAY(types[key])) for key in unnested]
+        arrays: list[Any] = [bindparam(key, type_=ARRAY(types[key])) for key in _UNNESTED]
         rows = (
             func.unnest(*arrays)
-            .table_valued(*[column(key, types[key]) for key in unnested])
+            .table_valued(*[column(key, types[key]) for key in _UNNESTED])
             .render_derived("new")
         )
         values = {
-            **{key: rows.c[key] for key in unnested},
-            "status": literal(SCHEDULED, String()),
-            "attempts": literal(0, Integer()),
-            **stamps,
+            "id": rows.c.id,
+            "name": rows.c.name,
+            "payload": rows.c.payload,
+            **self._stamps(rows.c.due_at, rows.c.delay),
         }
         chosen = select(*values.values())
         stmt = pg_insert(t).from_select(list(values), chosen)
@@ -729,3 +745,19 @@ def _group_binds(items: dict[str, tuple[str, str]]) -> dict[str, str]:
     for i, (task_id, (token, result)) in enumerate(items.items()):
         binds |= {f"id{i}": task_id, f"token{i}": token, f"result{i}": result}
     return binds
+
+
+def _chunks(rows: list[dict[str, Any]], most: int, chars: int) -> Iterator[list[dict[str, Any]]]:
+    """Consecutive runs of at most ``most`` rows and, but for a lone larger row, ``chars``
+    characters of id, name and payload."""
+    chunk: list[dict[str, Any]] = []
+    size = 0
+    for row in rows:
+        length = len(row["id"]) + len(row["name"]) + len(row["payload"])
+        if chunk and (len(chunk) == most or size + length > chars):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(row)
+        size += length
+    if chunk:
+        yield chunk

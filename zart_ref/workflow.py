@@ -18,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 from .backend import Backend, Lease
 from .context import current_task
 from .errors import ConfigError, ZartError
+from .moments import check_delay
 from .retry import RetryPolicy
 
 
@@ -106,9 +107,12 @@ async def step(
     return result
 
 
-async def _marked_time(backend: DurableBackend, lease: Lease, key: str, seconds: float) -> datetime:
+async def _marked_time(
+    backend: DurableBackend, lease: Lease, key: str, seconds: float, *, what: str
+) -> datetime:
     """The instant stored under step ``key``, set to DB now + ``seconds`` on the first run, so
     a replay keeps the sleep's wake time or the wait's deadline of the run that began it."""
+    check_delay(seconds, what=what)
     found, marker = await backend.get_step(lease.task_id, key)
     if found:
         return datetime.fromisoformat(marker["at"])
@@ -121,7 +125,9 @@ async def sleep(name: str, seconds: float) -> None:
     """Sleep durably: the execution is rescheduled at the wake time (database clock) and
     holds no worker slot meanwhile; a restart during the sleep wakes on time."""
     backend, lease = _execution()
-    wake = await _marked_time(backend, lease, f"{name}#sleep", seconds)
+    wake = await _marked_time(
+        backend, lease, f"{name}#sleep", seconds, what=f"seconds of sleep {name!r}"
+    )
     if await backend.now() < wake:
         raise Suspend(run_at=wake)
 
@@ -136,7 +142,9 @@ async def wait_for_event(name: str, timeout: float) -> Any:  # noqa: ASYNC109 - 
     found, data = await backend.get_event(lease.task_id, name)
     if found:
         return data
-    deadline = await _marked_time(backend, lease, f"{name}#wait", timeout)
+    deadline = await _marked_time(
+        backend, lease, f"{name}#wait", timeout, what=f"timeout of wait_for_event {name!r}"
+    )
     if await backend.now() >= deadline:
         raise EventTimeout(f"no event {name!r} for execution {lease.task_id} within {timeout:g}s")
     raise Suspend(run_at=deadline, waiting_for=name)
