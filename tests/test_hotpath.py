@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from typing import Any
 
@@ -171,3 +172,34 @@ async def test_completions_find_their_rows_by_primary_key_during_a_drain(
     }
     assert primary_key[name] in text_plan, text_plan
     assert "zart_tasks_lease" not in text_plan and "zart_tasks_claim" not in text_plan, text_plan
+
+
+def test_a_claims_shared_times_are_parsed_once_and_its_payloads_never_shared() -> None:
+    """Rows of one claim share claimed_at and lease_expires_at: one parse per statement. A
+    payload is mutable, so equal payload texts still decode into objects of their own."""
+    claim = SQLBackend("sqlite:///unused.db")._claim_update(30.0)
+    stamp, expires = "2026-12-04 10:00:00.123456", "2026-12-04 10:00:30.123456"
+    raw = [(f"t{i}", "noop", '{"n":[1]}', 1, stamp, expires) for i in range(3)]
+    rows = claim.rows(raw)
+    assert [row[0] for row in rows] == ["t0", "t1", "t2"]
+    assert rows[0][4] is rows[1][4] is rows[2][4] and rows[0][5] is rows[2][5]
+    assert rows[0][4].utcoffset() is not None and rows[0][4].microsecond == 123456
+    first, second = (SQLBackend._claimed(row, "token") for row in rows[:2])
+    assert first.payload == second.payload == {"n": [1]} and first.payload is not second.payload
+
+
+def test_fencing_tokens_are_unique_and_a_forked_process_draws_its_own() -> None:
+    tokens = {SQLBackend.new_token() for _ in range(10_000)}
+    assert len(tokens) == 10_000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its token goes to the parent, then it leaves at once
+        os.write(write, SQLBackend.new_token().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as pipe:
+        child = pipe.read()
+    parent = SQLBackend.new_token()
+    assert len(child) == len(parent) == 32 and child not in tokens | {parent}
+    assert child[:16] != parent[:16]

@@ -424,3 +424,20 @@ async def test_an_idle_poll_recovers_expired_leases_without_waiting_for_the_swee
     assert recorder.of("orphans_recovered") == [{"tasks": ["orphan"], "worker": ANY}]
     record = await backend.get("orphan")
     assert record is not None and record.attempts == 2 and dead.attempt == 1
+
+
+async def test_handlers_that_return_at_once_leave_room_for_full_claims() -> None:
+    """Handlers started by a claim take their first step before the next claim is sized: a
+    worker whose handlers return at once claims full batches, not the rest of its slots."""
+    registry, backend = Registry(), InMemoryBackend()
+
+    @registry.task()
+    async def instant(payload: None) -> None:
+        return None
+
+    recorder = Recorder(registry)
+    await backend.schedule([NewTask(f"t{i:02d}", "instant") for i in range(30)])
+    async with Worker(backend, registry, FAST):
+        await recorder.wait(lambda: len(recorder.of("completed")) == 30)
+    sizes = [len(claim["tasks"]) for claim in recorder.of("claimed")]
+    assert sizes == [FAST.max_tasks_per_poll] * 10

@@ -20,6 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import ClauseElement
+from sqlalchemy.types import DateTime, TypeDecorator, TypeEngine
 from sqlalchemy.util import await_only
 
 T = TypeVar("T")
@@ -41,6 +42,9 @@ class Compiled:
     fixed: dict[str, Any]  # values compiled into the statement (literals, lease seconds)
     binds: dict[str, Processor]
     results: tuple[Processor, ...]
+    # Result columns whose processed values are immutable (times): a claim's rows share
+    # their claimed_at and lease_expires_at, parsed once per statement instead of per row.
+    shared: tuple[bool, ...]
 
     def parameters(self, values: Mapping[str, Any]) -> Sequence[Any] | dict[str, Any]:
         merged = {**self.fixed, **values}
@@ -52,7 +56,27 @@ class Compiled:
 
     def rows(self, raw: Sequence[Sequence[Any]]) -> list[tuple[Any, ...]]:
         procs = self.results
+        if len(raw) > 1 and any(self.shared):
+            procs = tuple(
+                _once_per_value(p) if s else p for p, s in zip(procs, self.shared, strict=True)
+            )
         return [tuple(p(v) if p else v for p, v in zip(procs, row, strict=True)) for row in raw]
+
+
+def _once_per_value(process: Processor) -> Processor:
+    """``process`` remembering its results for the length of one statement's rows."""
+    if process is None:
+        return None
+    seen: dict[Any, Any] = {}
+
+    def remembered(value: Any) -> Any:
+        try:
+            return seen[value]
+        except KeyError:
+            result = seen[value] = process(value)
+            return result
+
+    return remembered
 
 
 def compile_statement(dialect: SADialect, stmt: ClauseElement, schema: str | None) -> Compiled:
@@ -72,7 +96,14 @@ def compile_statement(dialect: SADialect, stmt: ClauseElement, schema: str | Non
     results = tuple(
         column.type.dialect_impl(dialect).result_processor(dialect, None) for column in returned
     )
-    return Compiled(compiled.string, tuple(compiled.positiontup or ()), fixed, binds, results)
+    shared = tuple(_is_time(column.type) for column in returned)
+    positions = tuple(compiled.positiontup or ())
+    return Compiled(compiled.string, positions, fixed, binds, results, shared)
+
+
+def _is_time(kind: TypeEngine[Any]) -> bool:
+    base = kind.impl_instance if isinstance(kind, TypeDecorator) else kind
+    return isinstance(base, DateTime)
 
 
 class HotConnection:

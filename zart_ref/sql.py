@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
@@ -427,7 +429,7 @@ class SQLBackend(DurableSQL):
     @staticmethod
     def new_token() -> str:
         """A fresh fencing token: one per claim, never reused, never a worker's name."""
-        return uuid.uuid4().hex
+        return _tokens.next()
 
     def _claim_update(self, lease_seconds: float) -> Compiled:
         """PostgreSQL, SQLite: the claim as one UPDATE ... RETURNING.
@@ -761,3 +763,22 @@ def _chunks(rows: list[dict[str, Any]], most: int, chars: int) -> Iterator[list[
         size += length
     if chunk:
         yield chunk
+
+
+class _Tokens:
+    """Fencing tokens: a random prefix per process and a counter. Unique like uuid4, without
+    the system call per claim that makes a busy worker wait for the GIL to come back."""
+
+    def __init__(self) -> None:
+        self._reseed()
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._prefix = uuid.uuid4().hex[:16]
+        self._count = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._count):016x}"
+
+
+_tokens = _Tokens()

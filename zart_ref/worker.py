@@ -218,7 +218,13 @@ class Worker:
                 break
             for task in claimed:
                 self._start(task, sent)
-            busy = len(claimed) == limit or await self._wait_for(self._wake, cfg.poll_interval)
+            if len(claimed) == limit:
+                # Let the handlers just started take their first step: those that return at
+                # once free their slots, and the next claim is a full batch, not the rest.
+                await asyncio.sleep(0)
+                busy = True
+            else:
+                busy = await self._wait_for(self._wake, cfg.poll_interval)
 
     async def _work_pending(self) -> bool:
         """An idle poll: one read that locks nothing says whether to claim, and stands in for
