@@ -290,20 +290,22 @@ class SQLBackend(DurableSQL):
         seconds from now.
         """
         name = self.dialect.name
+        shared = self._shared_delay(rows)
+        # Rows that share their delay (the common bulk) bind no due time of their own.
+        keys = _UNNESTED if shared is None else _UNNESTED[:3]
         if name == "postgresql":
-            columns = {key: [row[key] for row in rows] for key in _UNNESTED}
+            columns = {key: [row[key] for row in rows] for key in keys}
             inserted: list[str] | None = (
-                await conn.execute(self._unnest_insert(), columns)
+                await conn.execute(self._unnest_insert(keys, shared), columns)
             ).scalar()
             return set(inserted or [])
         if name == "sqlite":
-            stmt = sqlite_insert(t).values(
-                self._stamps(
-                    bindparam("due_at", type_=UTCDateTime), bindparam("delay", type_=Float())
-                )
-            )
-            stmt = stmt.on_conflict_do_nothing(index_elements=[t.c.id])
-            return set((await conn.execute(stmt.returning(t.c.id), rows)).scalars())
+            own: dict[str, Any] = {"due_at": bindparam("due_at", UTCDateTime)}
+            own["delay"] = bindparam("delay", Float)
+            stamps = self._stamps(shared, own)
+            stmt = sqlite_insert(t).values(stamps).on_conflict_do_nothing(index_elements=[t.c.id])
+            bound = [{key: row[key] for key in keys} for row in rows]
+            return set((await conn.execute(stmt.returning(t.c.id), bound)).scalars())
         # MySQL has no INSERT ... RETURNING: lock the ids (gap locks included), then insert.
         ids = [row["id"] for row in rows]
         existing = select(t.c.id).where(t.c.id.in_(ids)).with_for_update()
@@ -329,18 +331,35 @@ class SQLBackend(DurableSQL):
             await conn.execute(insert(t).prefix_with("IGNORE"), values)
         return {row["id"] for row in fresh}
 
-    def _stamps(self, due_at: ColumnElement[Any], delay: ColumnElement[Any]) -> dict[str, Any]:
-        """The columns a new row gets from the statement rather than from the caller."""
+    @staticmethod
+    def _shared_delay(rows: list[dict[str, Any]]) -> float | None:
+        """The delay every row of a chunk is due after, or None when rows give instants or
+        different delays (then each row's due time is its own)."""
+        first = rows[0]["delay"]
+        if all(row["due_at"] is None and row["delay"] == first for row in rows):
+            return float(first)
+        return None
+
+    def _stamps(self, shared: float | None, own: Any) -> dict[str, Any]:
+        """The columns a new row gets from the statement rather than from the caller: due
+        ``shared`` seconds from now, or (None) at its own ``due_at`` or after its own ``delay``
+        (``own``: the row's columns or parameters by name)."""
         now = self.dialect.now()
+        run_at: ColumnElement[Any]
+        if shared is None:
+            due_after = self.dialect.now_plus_column(own["delay"])
+            run_at = func.coalesce(own["due_at"], due_after, type_=UTCDateTime)
+        else:
+            run_at = self.dialect.now_plus(shared) if shared else now
         return {
             "status": literal(SCHEDULED, String()),
             "attempts": literal(0, Integer()),
-            "run_at": func.coalesce(due_at, self.dialect.now_plus_column(delay), type_=UTCDateTime),
+            "run_at": run_at,
             "created_at": now,
             "updated_at": now,
         }
 
-    def _unnest_insert(self) -> Select[Any]:
+    def _unnest_insert(self, keys: tuple[str, ...], shared: float | None) -> Select[Any]:
         """PostgreSQL: one INSERT ... SELECT FROM unnest(arrays), one bound array per column,
         the new ids back as one array: a bulk schedule is one statement and one row."""
         types: dict[str, Any] = {
@@ -350,18 +369,14 @@ class SQLBackend(DurableSQL):
             "due_at": UTCDateTime(),
             "delay": Float(),
         }
-        arrays: list[Any] = [bindparam(key, type_=ARRAY(types[key])) for key in _UNNESTED]
+        arrays: list[Any] = [bindparam(key, type_=ARRAY(types[key])) for key in keys]
         rows = (
             func.unnest(*arrays)
-            .table_valued(*[column(key, types[key]) for key in _UNNESTED])
+            .table_valued(*[column(key, types[key]) for key in keys])
             .render_derived("new")
         )
-        values = {
-            "id": rows.c.id,
-            "name": rows.c.name,
-            "payload": rows.c.payload,
-            **self._stamps(rows.c.due_at, rows.c.delay),
-        }
+        stamps = self._stamps(shared, rows.c)
+        values = {"id": rows.c.id, "name": rows.c.name, "payload": rows.c.payload, **stamps}
         chosen = select(*values.values())
         stmt = pg_insert(t).from_select(list(values), chosen)
         inserted = stmt.on_conflict_do_nothing(index_elements=[t.c.id]).returning(t.c.id)
