@@ -8,6 +8,7 @@ start-up nor the bench's own polling is counted.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -22,6 +23,7 @@ from zart_conformance.provision import Server, Target, isolate
 from zart_ref import NewTask, PoolConfig, SQLBackend
 from zart_ref.schema import COMPLETED, tasks
 
+from .cleanup import cleanup
 from .procs import BenchError, check_alive
 
 DRAIN_TIMEOUT = 600.0
@@ -43,18 +45,17 @@ class BenchDB:
 
     @asynccontextmanager
     async def fresh(self, label: str) -> AsyncIterator[tuple[Target, SQLBackend]]:
-        """An empty, migrated namespace (schema, database or file), dropped afterwards."""
+        """An empty, migrated namespace (schema, database or file), dropped afterwards with
+        its directory (a SQLite file and its -wal and -shm go with it). A drop that fails
+        after the block failed (the server is gone) never hides the block's error."""
         run_id = f"bench-{label}-{self.name}-{uuid.uuid4().hex[:6]}"
         directory = self.run_dir / run_id
         directory.mkdir(parents=True, exist_ok=True)
         target = isolate(self.descriptor, self.server, run_id, directory)
         backend = SQLBackend(target.url, schema=target.schema, pool=PoolConfig(max_connections=4))
-        try:
+        async with cleanup(backend.close, target.drop, lambda: shutil.rmtree(directory)):
             await backend.migrate()
             yield target, backend
-        finally:
-            await backend.close()
-            await target.drop()
 
 
 def noop_tasks(count: int, prefix: str = "t", name: str = "noop") -> list[NewTask]:

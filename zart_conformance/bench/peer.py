@@ -23,6 +23,8 @@ from typing import Any
 
 from zart_ref.urls import normalize_url
 
+from . import INSTALL_BENCH
+from .cleanup import cleanup
 from .db import DRAIN_TIMEOUT
 from .pickup import sample
 from .procs import BenchError, check_alive, processes
@@ -37,7 +39,7 @@ def available() -> str | None:
     try:
         import pgqueuer  # noqa: F401
     except ModuleNotFoundError:
-        return "pgqueuer is not installed (pip install 'zart-ref[bench]')"
+        return f"pgqueuer is not installed ({INSTALL_BENCH})"
     return None
 
 
@@ -108,13 +110,14 @@ async def installed(url: str) -> AsyncIterator[Peer]:
     schema = f"zart_bench_pgq_{uuid.uuid4().hex[:8]}"
     _use_schema(schema)
     conn = await asyncpg.connect(dsn(url))
-    try:
+
+    async def drop() -> None:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+    async with cleanup(drop, conn.close):
         queries = Queries(AsyncpgDriver(conn))
         await queries.install()
         yield Peer(url, schema, conn, queries)
-    finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
 
 
 async def peer_section(

@@ -1,7 +1,8 @@
 """Real worker processes for the bench: spawn, wait until each one runs, stop them.
 
 Throughput counts only once every process is polling, so a slow interpreter start is not
-measured as a slow queue.
+measured as a slow queue. Every process the bench starts dies with it (Linux: the parent-death
+signal the conformance runner asks for its workers too), so even a killed bench leaves none.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from zart_conformance.provision import Target
+from zart_conformance.runner import _die_with_runner as die_with_bench
+
+from .cleanup import cleanup
 
 BENCH_APP = "zart_conformance.bench.handlers:registry"
 START_TIMEOUT = 60.0
@@ -42,19 +46,22 @@ async def processes(
     ready_dir.mkdir(parents=True)
     full_env = {**os.environ, **(env or {}), "ZART_BENCH_DIR": str(ready_dir)}
     started: list[tuple[asyncio.subprocess.Process, Path]] = []
-    try:
+    async with cleanup(lambda: stop([proc for proc, _ in started])):
         for index, command in enumerate(commands):
             log = run_dir / f"{ready_dir.name}-{index}.log"
             with log.open("ab") as out:
                 proc = await asyncio.create_subprocess_exec(
-                    *command, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, env=full_env
+                    *command,
+                    stdout=out,
+                    stderr=out,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    env=full_env,
+                    preexec_fn=die_with_bench,
                 )
             started.append((proc, log))
             _LOGS[proc.pid] = log
         await _wait_ready(started, ready_dir)
         yield [proc for proc, _ in started]
-    finally:
-        await _stop([proc for proc, _ in started])
 
 
 def check_alive(procs: Sequence[asyncio.subprocess.Process]) -> None:
@@ -79,10 +86,13 @@ async def _wait_ready(started: list[tuple[asyncio.subprocess.Process, Path]], re
         await asyncio.sleep(0.02)
 
 
-async def _stop(procs: list[asyncio.subprocess.Process]) -> None:
+async def stop(
+    procs: list[asyncio.subprocess.Process], how: signal.Signals = signal.SIGTERM
+) -> None:
+    """Send ``how`` to each process still running and wait for it (SIGKILL after 30 s)."""
     for proc in procs:
         if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(how)
     for proc in procs:
         try:
             await asyncio.wait_for(proc.wait(), 30)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .cleanup import cleanup
+from .procs import die_with_bench, stop
 
 
 def from_result_file(path: Path) -> dict[str, Any]:
@@ -43,8 +47,11 @@ async def run_suite(backend: str, run_dir: Path) -> dict[str, Any]:
         str(result_file),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
+        preexec_fn=die_with_bench,
     )
-    code = await process.wait()
+    # A stopped bench stops the suite as Ctrl-C does: its runner stops its workers first.
+    async with cleanup(lambda: stop([process], signal.SIGINT)):
+        code = await process.wait()
     wall = time.monotonic() - began
     summary = from_result_file(result_file) if result_file.exists() else {}
     return {
