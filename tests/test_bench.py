@@ -37,10 +37,19 @@ def test_latency_summary_is_in_milliseconds() -> None:
 def test_the_median_run_is_kept_with_every_run_beside_it() -> None:
     runs = [{"per_second": 9.0, "seconds": 1}, {"per_second": 3.0, "seconds": 3}]
     runs.append({"per_second": 5.0, "seconds": 2})
-    assert median_run(runs) == {"per_second": 5.0, "seconds": 2, "runs": [9.0, 3.0, 5.0]}
+    assert median_run(runs) == {
+        "per_second": 5.0,
+        "seconds": 2,
+        "runs": [9.0, 3.0, 5.0],
+        "statistic": "median of 3 runs",
+    }
     # An even count keeps the lower middle run: a ratio is not flattered by the faster one.
     assert median_run(runs[:2])["per_second"] == 3.0
+    assert (
+        median_run(runs[:2], interleaved=True)["statistic"] == "lower median of 2 interleaved runs"
+    )
     assert median_run(runs[:1])["runs"] == [9.0]
+    assert median_run(runs[:1])["statistic"] == "one run"
     with pytest.raises(ValueError):
         median_run([])
 
@@ -62,9 +71,24 @@ def test_ratios_compare_with_the_baseline_of_the_same_run() -> None:
     assert rows["pickup p95 (NOTIFY) / pgqueuer"]["met"] is True
     # One statement more than the idle polls in the window misses "one per poll interval".
     assert rows["idle statements / poll intervals"]["met"] is False
+    # Each row says which way is better, and "met" follows it.
+    for row in rows.values():
+        higher = row["better"] == "higher is better"
+        assert row["better"] in ("higher is better", "lower is better")
+        assert row["met"] == (
+            row["ratio"] >= row["target"] if higher else row["ratio"] <= row["target"]
+        )
+    assert rows["worker / ceiling, 1 process"]["better"] == "higher is better"
+    assert rows["pickup p50 (NOTIFY) / pgqueuer"]["better"] == "lower is better"
+    assert rows["idle statements / poll intervals"]["better"] == "lower is better"
+    # Units on both sides: the idle row's baseline counts poll intervals, not statements.
+    assert rows["worker / ceiling, 1 process"]["unit"] == "tasks/s"
+    assert rows["pickup p95 (NOTIFY) / pgqueuer"]["baseline_unit"] == "ms"
+    idle = rows["idle statements / poll intervals"]
+    assert (idle["unit"], idle["baseline_unit"]) == ("statements", "poll intervals")
     # What was not measured on both sides is not compared.
     assert "worker / ceiling, 2 processes" not in rows
-    assert "bulk schedule / pgqueuer enqueue" not in rows
+    assert "bulk schedule / pgqueuer" not in rows
 
 
 def _pg(kind: bytes, body: bytes = b"") -> bytes:
@@ -108,28 +132,35 @@ SECTIONS = {
 
 
 def test_a_small_bench_run_reports_every_section(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+    out = tmp_path / "made" / "on" / "demand" / "bench.json"  # directories the command makes
     plot = tmp_path / "bench.png" if importlib.util.find_spec("matplotlib") else Path("-")
-    args = ["bench", "--backend", "sqlite", "--tasks", "200", "--idle-seconds", "1"]
+    args = ["bench", "--backend", "sqlite", "--tasks", "200", "--idle-seconds", "5"]
     args += ["--pickup-samples", "6", "--repeat", "2", "--json", str(out), "--plot", str(plot)]
     result = CliRunner().invoke(main, args, env={"ZART_RUN_DIR": str(tmp_path)})
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
     assert {"generated_at", "machine", "settings", "backends", "ratios"} <= set(doc)
+    assert doc["backends_requested"] == doc["backends_complete"] == ["sqlite"]
     section = doc["backends"]["sqlite"]
     assert set(section) == SECTIONS
     assert section["worker"]["1"]["tasks"] == 200 and section["ceiling"]["1"]["per_second"] > 0
-    # Two runs each: the median one is reported, both rates are kept.
-    for measured in (
-        section["worker"]["1"],
-        section["ceiling"]["1"],
-        section["scheduling"]["bulk"],
+    # Two runs each: the median one is reported, both rates are kept, and it says so.
+    for measured, statistic in (
+        (section["worker"]["1"], "lower median of 2 interleaved runs"),
+        (section["ceiling"]["1"], "lower median of 2 interleaved runs"),
+        (section["scheduling"]["bulk"], "lower median of 2 runs"),
     ):
         assert len(measured["runs"]) == 2 and measured["per_second"] == min(measured["runs"])
+        assert measured["statistic"] == statistic
     assert "skipped" in section["worker"]["2"]  # SQLite declares no concurrent workers
     assert section["scheduling"]["single"]["samples"] == 200
     assert section["pickup"]["poll"]["samples"] == 3
-    assert section["idle"]["seconds"] == 1
+    assert section["idle"]["seconds"] == 5
+    # Two poll intervals, one for each test that polls: which is which is in its name.
+    settings = doc["settings"]
+    assert "poll_interval" not in settings
+    assert section["pickup"]["poll"]["poll_interval"] == settings["pickup_poll_interval"] == 0.1
+    assert section["idle"]["poll_interval"] == settings["idle_poll_interval"] == 5.0
     assert "skipped" in section["peer"] and "skipped" in section["suite"]
     assert [row["what"] for row in doc["ratios"]] == [
         "worker / ceiling, 1 process",
@@ -137,3 +168,5 @@ def test_a_small_bench_run_reports_every_section(tmp_path: Path) -> None:
     ]
     if plot != Path("-"):
         assert plot.stat().st_size > 0
+    # Every SQLite database (and its -wal and -shm) went with its section, as schemas do.
+    assert not [p for p in (tmp_path / "bench").rglob("*") if ".db" in p.name], "left behind"

@@ -23,6 +23,8 @@ from .procs import processes, zart_worker
 from .wire import COUNTERS, CountingProxy
 
 SETTLE = 1.0
+# The idle worker runs at the default: a window shorter than one interval may see no poll.
+IDLE_POLL_INTERVAL = WorkerConfig().poll_interval
 DEFAULT_PORTS = {"postgresql": 5432, "mysql": 3306}
 
 
@@ -38,7 +40,7 @@ def engine_statements(path: Path) -> int:
 
 
 async def idle_load(db: BenchDB, seconds: float) -> dict[str, Any]:
-    poll = WorkerConfig().poll_interval
+    poll = IDLE_POLL_INTERVAL
     async with db.fresh("idle") as (target, _), AsyncExitStack() as stack:
         counted_file = db.run_dir / f"statements-{uuid.uuid4().hex[:8]}.txt"
         env: dict[str, str] = {}

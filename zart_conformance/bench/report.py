@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -39,22 +40,61 @@ def machine() -> dict[str, Any]:
     }
 
 
-def commit() -> str | None:
+# zart's own source: the commit is the one of the code measured, wherever the bench runs from.
+SOURCE = Path(__file__).resolve().parent.parent
+VERSIONED = ("zart-ref", "SQLAlchemy", "asyncpg", "aiomysql", "aiosqlite", "pgqueuer")
+
+
+def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(SOURCE), *args],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
         )
-    except (OSError, subprocess.CalledProcessError):
+    except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout
 
 
-def document(backends: dict[str, dict[str, Any]], settings: dict[str, Any]) -> dict[str, Any]:
+def source() -> dict[str, Any]:
+    """The commit of zart's source and whether tracked files differ from it ("dirty"); both
+    None when the package is not a file of a git checkout (an installed wheel)."""
+    if _git("ls-files", "--error-unmatch", "--", "__init__.py") is None:
+        return {"commit": None, "dirty": None}
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "commit": (_git("rev-parse", "--short", "HEAD") or "").strip() or None,
+        "dirty": None if status is None else bool(status.strip()),
+    }
+
+
+def versions() -> dict[str, str | None]:
+    """The installed versions of what is measured and what it runs on (None: not installed)."""
+    found: dict[str, str | None] = {}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def document(
+    backends: dict[str, dict[str, Any]], settings: dict[str, Any], requested: list[str]
+) -> dict[str, Any]:
+    """The results so far: written after every backend, so ``backends_complete`` (in the
+    order measured) may be fewer than ``backends_requested``."""
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "commit": commit(),
+        **source(),
+        "versions": versions(),
         "machine": machine(),
         "settings": settings,
+        "backends_requested": requested,
+        "backends_complete": list(backends),
         "backends": backends,
         "ratios": [row for name, section in backends.items() for row in ratio_rows(name, section)],
     }
@@ -118,7 +158,8 @@ def plot(doc: dict[str, Any], path: Path) -> None:
 
     where = doc["machine"]
     fig.suptitle(
-        f"zart bench {doc['generated_at']} (commit {doc['commit']}): "
+        f"zart bench {doc['generated_at']} (commit {doc['commit']}"
+        f"{', with local changes' if doc.get('dirty') else ''}): "
         f"{where['cpus']} x {where['cpu_model']}, Python {where['python']}",
         fontsize=9,
     )

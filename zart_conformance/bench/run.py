@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,15 @@ from sqlalchemy import text
 
 from zart_conformance.backends import resolve_descriptor
 from zart_conformance.provision import provision
+from zart_ref.errors import ConfigError, DatabaseUnavailable
 
 from . import peer
 from .ceiling import ceiling_command
+from .cleanup import cleanup
 from .db import BenchDB
-from .idle import idle_load
+from .idle import IDLE_POLL_INTERVAL, idle_load
 from .pickup import pickup
+from .procs import BenchError
 from .report import document
 from .scheduling import scheduling
 from .stats import median_run
@@ -26,16 +30,19 @@ from .suite_time import from_result_file, run_suite
 from .throughput import drain_rate, worker_throughput
 
 Say = Callable[[str], None]
+Save = Callable[[dict[str, Any]], None]
 
 
 @dataclass
 class BenchOptions:
     tasks: int = 20_000
     singles: int = 200
-    # Samples with LISTEN/NOTIFY; polling takes half as many (each waits up to a poll).
+    # Samples with LISTEN/NOTIFY; polling takes half as many, rounded up (each waits up to a
+    # poll).
     pickup_samples: int = 200
-    # Pickup by polling is timed with this interval: at the default (5 s) it is ~2.5 s.
-    poll_interval: float = 0.1
+    # The polling pickup test's worker polls this often (at the default, 5 s, pickup would be
+    # ~2.5 s). Not the idle test's: that one runs at the worker's default (idle_poll_interval).
+    pickup_poll_interval: float = 0.1
     idle_seconds: float = 30.0
     # Throughput and bulk scheduling are the median of this many runs (worker and ceiling
     # interleaved, so drift on the machine moves both sides).
@@ -46,84 +53,147 @@ class BenchOptions:
         default_factory=lambda: Path(os.environ.get("ZART_RUN_DIR", ".zart-runs")) / "bench"
     )
 
-
-async def bench(backends: list[str], options: BenchOptions, say: Say) -> dict[str, Any]:
-    sections = {}
-    for name in backends:
-        sections[name] = await _backend(name, options, say)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
-    settings["suite_files"] = [str(p) for p in options.suite_files]
-    return document(sections, settings)
+    def settings(self) -> dict[str, Any]:
+        """The options as JSON, with the idle test's poll interval (the worker's default)."""
+        settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+        settings["suite_files"] = [str(p) for p in self.suite_files]
+        return {**settings, "idle_poll_interval": IDLE_POLL_INTERVAL}
 
 
-async def _backend(name: str, options: BenchOptions, say: Say) -> dict[str, Any]:
-    descriptor = resolve_descriptor(name)
-    server = provision(descriptor)
-    try:
-        db = BenchDB(descriptor, server, options.run_dir.resolve())
-        section: dict[str, Any] = {"server": await _server_version(db)}
-        # Other work on the machine moves every number: the 1/5/15-minute load at the start.
-        section["load_average"] = [round(x, 2) for x in os.getloadavg()]
+async def bench(
+    backends: list[str], options: BenchOptions, say: Say, save: Save | None = None
+) -> dict[str, Any]:
+    """Every backend's section, one after another; ``save`` gets the document after each
+    finished backend, so an error in a later one keeps what was measured."""
+    sections: dict[str, dict[str, Any]] = {}
+    requested = list(dict.fromkeys(backends))
+    doc: dict[str, Any] = {}
+    async with servers(requested, options.run_dir.resolve()) as dbs:
+        for db, server_version in dbs:
+            with _naming(db):
+                sections[db.name] = await _backend(db, server_version, options, say)
+            doc = document(sections, options.settings(), requested)
+            if save is not None:
+                save(doc)
+    return doc or document(sections, options.settings(), requested)
 
-        async def step(label: str, measure: Callable[[], Awaitable[Any]]) -> Any:
-            say(f"{name}: {label} ...")
-            began = time.monotonic()
-            result = await measure()
-            say(f"{name}: {label}: {_headline(result)} ({time.monotonic() - began:.1f}s)")
-            return result
 
-        processes = [1, 2] if "concurrent_workers" in descriptor.capabilities else [1]
-        count = options.tasks
-        section["worker"], section["ceiling"] = {}, {}
-        ceiling = ceiling_command(db.run_dir)
-        for n in processes:
-            workers, ceilings = [], []
-            for run in _runs(options.repeat):
-                workers.append(
-                    await step(
-                        f"zart worker, {n} process(es){run}",
-                        lambda n=n: worker_throughput(db, count, n),
-                    )
-                )
-                ceilings.append(
-                    await step(
-                        f"raw-SQL ceiling, {n} process(es){run}",
-                        lambda n=n: drain_rate(db, count, n, ceiling),
-                    )
-                )
-            section["worker"][str(n)] = median_run(workers)
-            section["ceiling"][str(n)] = median_run(ceilings)
-        if len(processes) == 1:
-            section["worker"]["2"] = section["ceiling"]["2"] = {
-                "skipped": f"backend {name} does not declare concurrent_workers"
-            }
-        schedules = [
-            await step(f"scheduling{run}", lambda: scheduling(db, count, options.singles))
-            for run in _runs(options.repeat)
+@asynccontextmanager
+async def servers(names: list[str], run_dir: Path) -> AsyncIterator[list[tuple[BenchDB, str]]]:
+    """Every backend's descriptor and server, and its server's version read through a fresh
+    namespace, before anything is measured: every unknown name, missing server URL and
+    unreachable server is said at once. The servers are closed at the end."""
+    dbs: list[BenchDB] = []
+    problems: list[str] = []
+    async with cleanup() as closing:
+        for name in names:
+            try:
+                descriptor = resolve_descriptor(name)
+                server = provision(descriptor)
+            except ConfigError as exc:
+                problems.append(f"{name}: {exc}")
+                continue
+            closing.append(server.close)
+            dbs.append(BenchDB(descriptor, server, run_dir))
+        named = [db.name for db in dbs]
+        problems += [
+            f"{name}: asked for {named.count(name)} times (by different names or paths)"
+            for name in dict.fromkeys(named)
+            if named.count(name) > 1
         ]
-        by_bulk = median_run([{**s, "per_second": s["bulk"]["per_second"]} for s in schedules])
-        section["scheduling"] = {
-            "bulk": {**by_bulk["bulk"], "runs": by_bulk["runs"]},
-            "single": by_bulk["single"],
-        }
-        section["pickup"] = {}
-        if "listen_notify" in descriptor.capabilities:
-            section["pickup"]["listen"] = await step(
-                "pickup, LISTEN/NOTIFY",
-                lambda: pickup(db, options.pickup_samples, listen=True, poll=5.0),
+        if problems:
+            raise ConfigError("cannot bench every backend asked for:\n  " + "\n  ".join(problems))
+        versions: list[tuple[BenchDB, str]] = []
+        unreachable: list[str] = []
+        for db in dbs:
+            try:
+                with _naming(db):
+                    versions.append((db, await _server_version(db)))
+            except DatabaseUnavailable as exc:
+                unreachable.append(str(exc))
+        if unreachable:
+            raise DatabaseUnavailable("\n".join(unreachable))
+        yield versions
+
+
+@contextmanager
+def _naming(db: BenchDB) -> Iterator[None]:
+    """Errors of one backend, named: which backend, and where its server came from."""
+    try:
+        yield
+    except DatabaseUnavailable as exc:
+        env = db.descriptor.url_env
+        where = f"server from ${env}" if env and db.server.container is None else db.server.how
+        reason = " ".join(str(exc).split())  # one line: drivers' messages carry newlines
+        raise DatabaseUnavailable(f"backend {db.name}, {where}: {reason}") from exc
+    except BenchError as exc:
+        raise BenchError(f"backend {db.name}: {exc}") from exc
+
+
+async def _backend(
+    db: BenchDB, server_version: str, options: BenchOptions, say: Say
+) -> dict[str, Any]:
+    name, descriptor = db.name, db.descriptor
+    section: dict[str, Any] = {"server": server_version}
+    # Other work on the machine moves every number: the 1/5/15-minute load at the start.
+    section["load_average"] = [round(x, 2) for x in os.getloadavg()]
+
+    async def step(label: str, measure: Callable[[], Awaitable[Any]]) -> Any:
+        say(f"{name}: {label} ...")
+        began = time.monotonic()
+        result = await measure()
+        say(f"{name}: {label}: {_headline(result)} ({time.monotonic() - began:.1f}s)")
+        return result
+
+    processes = [1, 2] if "concurrent_workers" in descriptor.capabilities else [1]
+    count = options.tasks
+    section["worker"], section["ceiling"] = {}, {}
+    ceiling = ceiling_command(db.run_dir)
+    for n in processes:
+        workers, ceilings = [], []
+        for run in _runs(options.repeat):
+            workers.append(
+                await step(
+                    f"zart worker, {n} process(es){run}",
+                    lambda n=n: worker_throughput(db, count, n),
+                )
             )
-        section["pickup"]["poll"] = await step(
-            f"pickup, polling every {options.poll_interval:g}s",
-            lambda: pickup(
-                db, max(1, options.pickup_samples // 2), listen=False, poll=options.poll_interval
-            ),
+            ceilings.append(
+                await step(
+                    f"raw-SQL ceiling, {n} process(es){run}",
+                    lambda n=n: drain_rate(db, count, n, ceiling),
+                )
+            )
+        section["worker"][str(n)] = median_run(workers, interleaved=True)
+        section["ceiling"][str(n)] = median_run(ceilings, interleaved=True)
+    if len(processes) == 1:
+        section["worker"]["2"] = section["ceiling"]["2"] = {
+            "skipped": f"backend {name} does not declare concurrent_workers"
+        }
+    schedules = [
+        await step(f"scheduling{run}", lambda: scheduling(db, count, options.singles))
+        for run in _runs(options.repeat)
+    ]
+    by_bulk = median_run([{**s, "per_second": s["bulk"]["per_second"]} for s in schedules])
+    section["scheduling"] = {
+        "bulk": {**by_bulk["bulk"], "runs": by_bulk["runs"], "statistic": by_bulk["statistic"]},
+        "single": by_bulk["single"],
+    }
+    section["pickup"] = {}
+    if "listen_notify" in descriptor.capabilities:
+        section["pickup"]["listen"] = await step(
+            "pickup, LISTEN/NOTIFY",
+            lambda: pickup(db, options.pickup_samples, listen=True, poll=5.0),
         )
-        section["idle"] = await step("idle load", lambda: idle_load(db, options.idle_seconds))
-        section["peer"] = await _peer(db, options, processes, step)
-        section["suite"] = await _suite(name, options, db, step)
-        return section
-    finally:
-        server.close()
+    poll = options.pickup_poll_interval
+    section["pickup"]["poll"] = await step(
+        f"pickup, polling every {poll:g}s",
+        lambda: pickup(db, -(-options.pickup_samples // 2), listen=False, poll=poll),
+    )
+    section["idle"] = await step("idle load", lambda: idle_load(db, options.idle_seconds))
+    section["peer"] = await _peer(db, options, processes, step)
+    section["suite"] = await _suite(name, options, db, step)
+    return section
 
 
 async def _peer(db: BenchDB, options: BenchOptions, processes: list[int], step: Any) -> Any:

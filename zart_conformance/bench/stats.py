@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -31,13 +31,26 @@ def latency_summary(seconds: Sequence[float]) -> dict[str, float | int]:
     }
 
 
-def median_run(runs: Sequence[dict[str, Any]], key: str = "per_second") -> dict[str, Any]:
+def median_run(
+    runs: Sequence[dict[str, Any]], key: str = "per_second", *, interleaved: bool = False
+) -> dict[str, Any]:
     """The run whose ``key`` is the median (the lower one of an even count), with every run's
-    ``key`` beside it: one quiet or one disturbed run does not decide a ratio."""
+    ``key`` beside it and a ``statistic`` saying so: one quiet or one disturbed run does not
+    decide a ratio. ``interleaved``: the runs alternated with the baseline's runs."""
     if not runs:
         raise ValueError("median of no runs")
     ordered = sorted(runs, key=lambda run: float(run[key]))
-    return {**ordered[(len(ordered) - 1) // 2], "runs": [run[key] for run in runs]}
+    count = len(runs)
+    kind = " interleaved" if interleaved else ""
+    if count == 1:
+        statistic = f"one{kind} run"
+    else:
+        statistic = f"{'lower ' if count % 2 == 0 else ''}median of {count}{kind} runs"
+    return {
+        **ordered[(count - 1) // 2],
+        "runs": [run[key] for run in runs],
+        "statistic": statistic,
+    }
 
 
 def _get(doc: dict[str, Any], path: str) -> float | None:
@@ -49,50 +62,73 @@ def _get(doc: dict[str, Any], path: str) -> float | None:
     return float(node) if isinstance(node, int | float) and not isinstance(node, bool) else None
 
 
-# (what, measured path, baseline path, target, higher_is_better). The ratio is always
-# measured / baseline; a target is met when the ratio is >= it (or <= it, lower is better).
-RATIOS: list[tuple[str, str, str, float, bool]] = [
-    ("worker / ceiling, 1 process", "worker.1.per_second", "ceiling.1.per_second", 0.5, True),
-    ("worker / ceiling, 2 processes", "worker.2.per_second", "ceiling.2.per_second", 0.5, True),
-    ("worker / pgqueuer, 1 process", "worker.1.per_second", "peer.worker.1.per_second", 1.0, True),
-    (
-        "worker / pgqueuer, 2 processes",
-        "worker.2.per_second",
-        "peer.worker.2.per_second",
+class Ratio(NamedTuple):
+    """measured / baseline, both read from a backend's section; ``higher``: higher is better,
+    so the target is met when the ratio is >= it (else when it is <= it)."""
+
+    what: str
+    measured: str
+    baseline: str
+    target: float
+    higher: bool
+    unit: str
+    baseline_unit: str = ""
+
+
+def _rate(what: str, measured: str, baseline: str, target: float) -> Ratio:
+    """Tasks per second on both sides: higher is better."""
+    return Ratio(what, f"{measured}.per_second", f"{baseline}.per_second", target, True, "tasks/s")
+
+
+def _latency(what: str, measured: str, baseline: str) -> Ratio:
+    """Milliseconds on both sides: lower is better, at most the baseline's."""
+    return Ratio(what, measured, baseline, 1.0, False, "ms")
+
+
+RATIOS: list[Ratio] = [
+    _rate("worker / ceiling, 1 process", "worker.1", "ceiling.1", 0.5),
+    _rate("worker / ceiling, 2 processes", "worker.2", "ceiling.2", 0.5),
+    _rate("worker / pgqueuer, 1 process", "worker.1", "peer.worker.1", 1.0),
+    _rate("worker / pgqueuer, 2 processes", "worker.2", "peer.worker.2", 1.0),
+    _rate("bulk schedule / pgqueuer", "scheduling.bulk", "peer.bulk", 1.0),
+    _latency("pickup p50 (NOTIFY) / pgqueuer", "pickup.listen.p50_ms", "peer.pickup.p50_ms"),
+    _latency("pickup p95 (NOTIFY) / pgqueuer", "pickup.listen.p95_ms", "peer.pickup.p95_ms"),
+    # At most one statement per poll interval (an idle worker holds no task to heartbeat):
+    # the statements sent in the window against how many poll intervals the window holds.
+    Ratio(
+        "idle statements / poll intervals",
+        "idle.statements",
+        "idle.poll_intervals",
         1.0,
-        True,
+        False,
+        "statements",
+        "poll intervals",
     ),
-    (
-        "bulk schedule / pgqueuer enqueue",
-        "scheduling.bulk.per_second",
-        "peer.bulk.per_second",
-        1.0,
-        True,
-    ),
-    ("pickup p50 (NOTIFY) / pgqueuer", "pickup.listen.p50_ms", "peer.pickup.p50_ms", 1.0, False),
-    ("pickup p95 (NOTIFY) / pgqueuer", "pickup.listen.p95_ms", "peer.pickup.p95_ms", 1.0, False),
-    # At most one statement per poll interval (an idle worker holds no task to heartbeat).
-    ("idle statements / poll intervals", "idle.statements", "idle.poll_intervals", 1.0, False),
 ]
 
 
 def ratio_rows(backend: str, section: dict[str, Any]) -> list[dict[str, Any]]:
     """The ratios of one backend's section that both sides were measured for."""
     rows = []
-    for what, measured_path, baseline_path, target, higher in RATIOS:
-        measured, baseline = _get(section, measured_path), _get(section, baseline_path)
+    for ratio_def in RATIOS:
+        measured = _get(section, ratio_def.measured)
+        baseline = _get(section, ratio_def.baseline)
         if measured is None or not baseline:
             continue
         ratio = measured / baseline
+        higher = ratio_def.higher
         rows.append(
             {
                 "backend": backend,
-                "what": what,
+                "what": ratio_def.what,
                 "measured": measured,
                 "baseline": baseline,
+                "unit": ratio_def.unit,
+                "baseline_unit": ratio_def.baseline_unit or ratio_def.unit,
                 "ratio": round(ratio, 3),
-                "target": target,
-                "met": ratio >= target if higher else ratio <= target,
+                "target": ratio_def.target,
+                "better": "higher is better" if higher else "lower is better",
+                "met": ratio >= ratio_def.target if higher else ratio <= ratio_def.target,
             }
         )
     return rows
