@@ -68,22 +68,16 @@ def _conformance(backend: str) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Measure the worker against the raw-SQL ceiling and pgqueuer: docs/bench/latest.*.
+    """Measure the worker against the raw-SQL ceiling and pgqueuer: .zart-runs/bench/latest.*.
 
     Not run by default (minutes, and numbers only mean something on a quiet machine).
-    ``nox -s bench -- --suite`` also times the conformance suite per backend.
+    Arguments after ``--`` go to ``zart-conformance bench``: ``nox -s bench -- --suite`` also
+    times the conformance suite per backend. PostgreSQL and MySQL need ZART_POSTGRES_URL and
+    ZART_MYSQL_URL. Maintainers refresh the committed figures, on a quiet machine, with
+    ``nox -s bench -- --suite --json docs/bench/latest.json --plot docs/bench/latest.png``.
     """
     session.install("-e", ".[bench]")
-    out = ROOT / "docs" / "bench"
-    session.run(
-        "zart-conformance",
-        "bench",
-        "--json",
-        str(out / "latest.json"),
-        "--plot",
-        str(out / "latest.png"),
-        *session.posargs,
-    )
+    session.run("zart-conformance", "bench", *session.posargs)
 
 
 for _backend in BACKENDS:

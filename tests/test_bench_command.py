@@ -212,6 +212,53 @@ def test_results_of_finished_backends_survive_an_error_in_a_later_one(
     assert doc["backends"]["sqlite"]["server"].startswith("SQLite ")
 
 
+# -- 6 and 7. documentation and defaults -----------------------------------------------------
+
+
+def test_the_readme_says_how_to_install_and_which_servers_the_bench_needs() -> None:
+    readme = (ROOT / "README.md").read_text()
+    performance = readme.split("## Performance", 1)[1].split("\n## ", 1)[0]
+    assert 'pip install -e ".[bench]"' in performance
+    assert "zart-ref[bench]" not in performance  # not on PyPI
+    assert "ZART_POSTGRES_URL" in performance and "ZART_MYSQL_URL" in performance
+    assert "SQLite needs none" in performance
+    refresh = "nox -s bench -- --suite --json docs/bench/latest.json --plot docs/bench/latest.png"
+    assert refresh in performance
+
+
+def test_the_default_outputs_are_ignored_run_files_not_the_committed_figures() -> None:
+    defaults = {p.name: p.default for p in bench_command.params}
+    assert defaults["json_path"] == Path(".zart-runs/bench/latest.json")
+    assert defaults["plot_path"] == Path(".zart-runs/bench/latest.png")
+    ignored = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "-q", ".zart-runs/bench/latest.json"], check=False
+    )
+    assert ignored.returncode == 0
+
+
+def test_nox_bench_passes_its_arguments_and_nothing_else() -> None:
+    pytest.importorskip("nox")
+    spec = importlib.util.spec_from_file_location("zart_noxfile", ROOT / "noxfile.py")
+    assert spec is not None and spec.loader is not None
+    noxfile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(noxfile)
+
+    class Session:
+        posargs = ["--suite", "--json", "docs/bench/latest.json"]
+        ran: list[tuple[str, ...]] = []
+
+        def install(self, *args: str) -> None:
+            pass
+
+        def run(self, *args: str, **kwargs: Any) -> None:
+            self.ran.append(args)
+
+    session = Session()
+    noxfile.bench(session)
+    assert session.ran == [("zart-conformance", "bench", *Session.posargs)]
+    assert "docs/bench" in (noxfile.bench.__doc__ or "")  # how maintainers refresh them
+
+
 # -- 8. signals ------------------------------------------------------------------------------
 
 
