@@ -54,7 +54,10 @@ def docker_unavailable_reason() -> str | None:
     try:
         import docker  # type: ignore[import-not-found]
     except ModuleNotFoundError:
-        return "the docker/testcontainers packages are not installed (pip install 'zart-ref[containers]')"
+        return (
+            "the docker/testcontainers packages are not installed "
+            "(pip install 'zart-ref[containers]', or in a clone: pip install -e '.[containers]')"
+        )
     try:
         docker.from_env(timeout=3).ping()
     except Exception as exc:

@@ -7,7 +7,6 @@ checker only meet through the event log and the final stored state.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import random
@@ -33,6 +32,7 @@ from zart_ref.workflow import DurableBackend
 
 from .backends import Descriptor, resolve_descriptor
 from .checker import check
+from .children import die_with_parent
 from .data import scenarios_dir
 from .eventlog import EventLog, History, Tail
 from .network import Network, provision_network
@@ -161,22 +161,6 @@ def count_connections(pid: int, port: int) -> int:
     return count
 
 
-def _parent_death_signal() -> Callable[[], None]:
-    """Linux: ask for SIGKILL when the parent dies, so a killed run leaves no workers behind.
-
-    Resolved here, in the parent: the function runs in the child between fork and exec,
-    where it must do nothing but the one system call.
-    """
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return lambda: None
-    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-_die_with_runner = _parent_death_signal()
-
-
 def find_libfaketime() -> str | None:
     candidates = [os.environ.get("ZART_LIBFAKETIME", "")]
     candidates += [str(p) for p in Path("/usr/lib").glob("*/faketime/libfaketime.so.1")]
@@ -282,7 +266,7 @@ class _Run:
                 stderr=out,
                 stdin=asyncio.subprocess.DEVNULL,
                 env=env,
-                preexec_fn=_die_with_runner,
+                preexec_fn=die_with_parent,
             )
         self.procs[name] = _Proc(name, process, log_path)
         self.log.write("worker_spawned", target=name, child=process.pid)

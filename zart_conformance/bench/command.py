@@ -178,7 +178,8 @@ def bench_command(
         # Not folded at 80 columns: an error is one line per problem, also in a log.
         console.print(f"zart-conformance bench: error: {message}", style="red", soft_wrap=True)
         if complete:
-            console.print(f"results of the complete backends ({', '.join(complete)}): {json_path}")
+            done = ", ".join(complete)
+            console.print(f"results of the complete backends ({done}): {json_path}", soft_wrap=True)
         sys.exit(code)
 
     try:

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from zart_conformance.children import die_with_parent
 from zart_conformance.provision import Target
-from zart_conformance.runner import _die_with_runner as die_with_bench
 
 from .cleanup import cleanup
 
@@ -56,7 +56,7 @@ async def processes(
                     stderr=out,
                     stdin=asyncio.subprocess.DEVNULL,
                     env=full_env,
-                    preexec_fn=die_with_bench,
+                    preexec_fn=die_with_parent,
                 )
             started.append((proc, log))
             _LOGS[proc.pid] = log

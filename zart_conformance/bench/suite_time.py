@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from zart_conformance.children import die_with_parent
+
 from .cleanup import cleanup
-from .procs import die_with_bench, stop
+from .procs import stop
 
 
 def from_result_file(path: Path) -> dict[str, Any]:
@@ -47,7 +49,7 @@ async def run_suite(backend: str, run_dir: Path) -> dict[str, Any]:
         str(result_file),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
-        preexec_fn=die_with_bench,
+        preexec_fn=die_with_parent,
     )
     # A stopped bench stops the suite as Ctrl-C does: its runner stops its workers first.
     async with cleanup(lambda: stop([process], signal.SIGINT)):
