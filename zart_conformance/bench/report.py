@@ -42,6 +42,7 @@ def machine() -> dict[str, Any]:
 
 # zart's own source: the commit is the one of the code measured, wherever the bench runs from.
 SOURCE = Path(__file__).resolve().parent.parent
+MEASURED = tuple(f":(top){path}" for path in ("zart_ref", "zart_conformance", "pyproject.toml"))
 VERSIONED = ("zart-ref", "SQLAlchemy", "asyncpg", "aiomysql", "aiosqlite", "pgqueuer")
 
 
@@ -60,11 +61,12 @@ def _git(*args: str) -> str | None:
 
 
 def source() -> dict[str, Any]:
-    """The commit of zart's source and whether tracked files differ from it ("dirty"); both
+    """The commit of zart's source and whether its code differs from it ("dirty"); both
     None when the package is not a file of a git checkout (an installed wheel)."""
     if _git("ls-files", "--error-unmatch", "--", "__init__.py") is None:
         return {"commit": None, "dirty": None}
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # The measured code only: the bench's own output may be a tracked file (docs/bench).
+    status = _git("status", "--porcelain", "--untracked-files=no", "--", *MEASURED)
     return {
         "commit": (_git("rev-parse", "--short", "HEAD") or "").strip() or None,
         "dirty": None if status is None else bool(status.strip()),
