@@ -61,11 +61,12 @@ def _plot_path(ctx: click.Context, param: click.Parameter, value: Path) -> Path 
         raise click.BadParameter(
             f"{value}: a plot is written as PNG or SVG; name a .png or .svg file, or '-' for none"
         )
+    _writable(value)
     if importlib.util.find_spec("matplotlib") is None:
         raise click.BadParameter(
             f"a plot needs matplotlib, which is not installed ({INSTALL_BENCH}); '-' for none"
         )
-    return _writable(value)
+    return value
 
 
 def _idle_seconds(ctx: click.Context, param: click.Parameter, value: float) -> float:
