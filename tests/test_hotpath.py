@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import re
 from typing import Any
@@ -192,7 +193,8 @@ def test_fencing_tokens_are_unique_and_a_forked_process_draws_its_own() -> None:
     tokens = {SQLBackend.new_token() for _ in range(10_000)}
     assert len(tokens) == 10_000
     read, write = os.pipe()
-    pid = os.fork()
+    # libc's fork, as uWSGI's prefork calls it: Python's at-fork hooks do not run.
+    pid = ctypes.CDLL(None, use_errno=True).fork()
     if pid == 0:  # the child: its token goes to the parent, then it leaves at once
         os.write(write, SQLBackend.new_token().encode())
         os._exit(0)

@@ -41,6 +41,8 @@ def test_the_edges_of_the_range_are_accepted() -> None:
         (-0.5, "finite number >= 0, got -0.5"),
         (True, "number of seconds, got bool"),
         (MAX_DELAY * 1.01, "a thousand years"),
+        (10**400, "an int of 401 digits, more than"),
+        (-(10**400), "finite number >= 0, got a negative int"),
     ],
 )
 def test_delays_that_no_backend_can_keep_are_refused(seconds: float, fragment: str) -> None:
@@ -75,3 +77,16 @@ def test_the_in_memory_backend_refuses_what_the_sql_backend_refuses() -> None:
 
 async def _noop(payload: object) -> None:
     return None
+
+
+def test_exponential_backoff_stops_at_max_delay_however_many_attempts() -> None:
+    policy = RetryPolicy(max_attempts=10**6, max_delay=60, jitter=0)
+    assert [policy.delay_for(n) for n in (1, 2, 1025, 10**5)] == [1.0, 2.0, 60, 60]
+
+
+def test_a_repeated_id_must_be_storable_too_and_nothing_is_written() -> None:
+    backend = InMemoryBackend()
+    again = NewTask("a", "noop", {"x": float("nan")})
+    with pytest.raises(PayloadError, match=r"payload of task 'a' \(repeated\)"):
+        asyncio.run(backend.schedule([NewTask("a", "noop"), again]))
+    assert asyncio.run(backend.count_by_status()) == {}

@@ -158,5 +158,9 @@ def validate_new(tasks: Sequence[NewTask]) -> list[NewTask]:
         check_delay(task.delay, what=f"delay of task {task.id!r}")
         if task.run_at is not None:
             check_instant(task.run_at, what=f"run_at of task {task.id!r}")
-        first.setdefault(task.id, task)
+        if task.id in first:
+            # Not stored (the first task of the id wins), but it must be storable all the same.
+            payload.encode(task.payload, what=f"payload of task {task.id!r} (repeated)")
+        else:
+            first[task.id] = task
     return list(first.values())

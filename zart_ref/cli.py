@@ -260,7 +260,7 @@ def schedule(
 
     async def go() -> None:
         payload = parse_json_argument(data, what="--data")
-        at = _parse_time(at_text) if at_text else None
+        at = None if at_text is None else _parse_time(at_text)
         if app_path is not None:
             registry = load_object(app_path, what="--app")
             if workflow not in registry:

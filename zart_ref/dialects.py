@@ -217,8 +217,8 @@ class MySQLDialect(Dialect):
         options["connect_args"] = {
             "charset": "utf8mb4",
             "connect_timeout": max(1, int(pool.connect_timeout)),
-            # Sessions in UTC. The isolation stays REPEATABLE READ: its gap locks make the
-            # "lock ids, then INSERT IGNORE" of scheduling report exactly what it created.
+            # Sessions in UTC. Scheduling learns what it created from the INSERT IGNORE's row
+            # count (see SQLBackend._insert_new), whatever the isolation level.
             "init_command": "SET time_zone = '+00:00'",
         }
         return options

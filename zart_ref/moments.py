@@ -8,6 +8,7 @@ rather than stored by one and unreadable (or refused differently) by another.
 from __future__ import annotations
 
 import math
+import numbers
 from datetime import UTC, datetime
 
 from .errors import PayloadError
@@ -34,7 +35,7 @@ def check_instant(moment: datetime, *, what: str) -> datetime:
     if not inside:
         raise PayloadError(
             f"{what} is {moment.isoformat()}, outside the instants every backend stores "
-            f"({EARLIEST.date()} to {LATEST.date()} UTC)"
+            f"(from {EARLIEST.date()} until before {LATEST.date()} UTC)"
         )
     return moment
 
@@ -43,14 +44,21 @@ def check_delay(
     seconds: float, *, what: str, error: type[Exception] = PayloadError, zero: bool = True
 ) -> float:
     """A finite number of seconds, at least 0 (above 0 unless ``zero``), at most MAX_DELAY."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+    if isinstance(seconds, bool) or not isinstance(seconds, numbers.Real):
         raise error(f"{what} must be a number of seconds, got {type(seconds).__name__} {seconds!r}")
     low = ">= 0" if zero else "> 0"
-    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
+    too_long = (
+        f"more than the {MAX_DELAY:g} seconds (a thousand years) zart accepts: its due time "
+        "could pass the latest instant every backend stores"
+    )
+    try:
+        value = float(seconds)
+    except OverflowError:  # an int beyond any float
+        if seconds < 0:
+            raise error(f"{what} must be a finite number {low}, got a negative int") from None
+        raise error(f"{what} is an int of {len(str(seconds))} digits, {too_long}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         raise error(f"{what} must be a finite number {low}, got {seconds!r}")
-    if seconds > MAX_DELAY:
-        raise error(
-            f"{what} is {seconds:g} seconds, more than the {MAX_DELAY:g} (a thousand years) "
-            "zart accepts: its due time could pass the latest instant every backend stores"
-        )
-    return float(seconds)
+    if value > MAX_DELAY:
+        raise error(f"{what} is {value:g} seconds, {too_long}")
+    return value

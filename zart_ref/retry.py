@@ -44,7 +44,8 @@ class RetryPolicy:
         elif self.backoff == "linear":
             delay = self.base_delay * attempt
         else:
-            delay = self.base_delay * 2 ** (attempt - 1)
+            # 2.0 ** 1000 still fits a float; any larger exponent is past max_delay anyway.
+            delay = self.base_delay * 2.0 ** min(attempt - 1, 1000)
         delay = min(delay, self.max_delay)
         if self.jitter:
             spread = delay * self.jitter

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime, timedelta
@@ -46,7 +47,7 @@ from .backend import ClaimedTask, Lease, NewTask, Pending, TaskRecord, validate_
 from .batching import GroupCommit
 from .config import PoolConfig
 from .dialects import Dialect, dialect_for
-from .errors import DatabaseUnavailable, LeaseLost
+from .errors import DatabaseUnavailable, LeaseLost, ZartError
 from .hotpath import Compiled, HotConnection, compile_statement, run_hot
 from .pglisten import PgListener
 from .schema import (
@@ -71,7 +72,7 @@ _UNNESTED = ("id", "name", "payload", "due_at", "delay")
 # Payload, id and name characters in one statement at most: PostgreSQL refuses a message
 # over 1 GB, and a chunk of large payloads would reach that long before its row limit.
 _CHUNK_CHARS = 64 * 1024 * 1024
-_CONFLICT_RETRIES = 5
+_CONFLICT_RETRIES = 8
 # Completions written by one statement at most (a worker holds max_concurrent_tasks).
 _MAX_GROUP = 64
 t = tasks
@@ -184,9 +185,13 @@ class SQLBackend(DurableSQL):
                         return await attempt()
                     async with self._writer:
                         return await attempt()
+            except _Raced:
+                if tries == _CONFLICT_RETRIES:
+                    raise
+                await _conflict_backoff(tries)
             except DBAPIError as exc:
                 if self.dialect.is_conflict(exc) and tries < _CONFLICT_RETRIES:
-                    await asyncio.sleep(0.01 * tries)
+                    await _conflict_backoff(tries)
                     continue
                 if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
                     raise self._unavailable(exc) from exc
@@ -256,6 +261,7 @@ class SQLBackend(DurableSQL):
     async def schedule(self, new: Sequence[NewTask]) -> list[bool]:
         # Inserted in id order: concurrent schedules of overlapping ids lock their rows in
         # one order and cannot deadlock.
+        new = list(new)  # any iterable, read once
         unique = sorted(validate_new(new), key=lambda task: task.id)
         rows = [
             {
@@ -280,8 +286,11 @@ class SQLBackend(DurableSQL):
 
         created = await self.run(body)
         # A repeated id within one call: only its first task can have been created.
-        chosen = {id(task) for task in unique}
-        return [task.id in created and id(task) in chosen for task in new]
+        flags, seen = [], set()
+        for task in new:
+            flags.append(task.id in created and task.id not in seen)
+            seen.add(task.id)
+        return flags
 
     async def _insert_new(self, conn: AsyncConnection, rows: list[dict[str, Any]]) -> set[str]:
         """Insert rows whose id is new (one statement, many rows); returns the ids inserted.
@@ -306,10 +315,13 @@ class SQLBackend(DurableSQL):
             stmt = sqlite_insert(t).values(stamps).on_conflict_do_nothing(index_elements=[t.c.id])
             bound = [{key: row[key] for key in keys} for row in rows]
             return set((await conn.execute(stmt.returning(t.c.id), bound)).scalars())
-        # MySQL has no INSERT ... RETURNING: lock the ids (gap locks included), then insert.
+        # MySQL has no INSERT ... RETURNING. A plain read says which ids exist; the INSERT
+        # IGNORE then locks its rows one by one in id order. (Locking the absent ids first
+        # took gap locks: two schedules into one gap deadlocked on their inserts.) Fewer rows
+        # inserted than were absent: a concurrent schedule committed some meanwhile, and the
+        # transaction runs again, reading them.
         ids = [row["id"] for row in rows]
-        existing = select(t.c.id).where(t.c.id.in_(ids)).with_for_update()
-        present = set((await conn.execute(existing)).scalars())
+        present = set((await conn.execute(select(t.c.id).where(t.c.id.in_(ids)))).scalars())
         fresh = [row for row in rows if row["id"] not in present]
         if fresh:
             # The clock read once and bound, so that the driver sends one multi-row INSERT
@@ -328,7 +340,9 @@ class SQLBackend(DurableSQL):
                 }
                 for row in fresh
             ]
-            await conn.execute(insert(t).prefix_with("IGNORE"), values)
+            written = await conn.execute(insert(t).prefix_with("IGNORE"), values)
+            if written.rowcount != len(fresh):
+                raise _Raced(f"another schedule created some of these {len(fresh)} ids meanwhile")
         return {row["id"] for row in fresh}
 
     @staticmethod
@@ -780,19 +794,29 @@ def _chunks(rows: list[dict[str, Any]], most: int, chars: int) -> Iterator[list[
         yield chunk
 
 
+async def _conflict_backoff(tries: int) -> None:
+    """Jittered: transactions that collided once must not run again in step."""
+    await asyncio.sleep(random.uniform(0, 0.01 * 2**tries))
+
+
+class _Raced(ZartError):
+    """A transaction lost a race it can only learn of after its writes: run it again."""
+
+
 class _Tokens:
     """Fencing tokens: a random prefix per process and a counter. Unique like uuid4, without
     the system call per claim that makes a busy worker wait for the GIL to come back."""
 
     def __init__(self) -> None:
-        self._reseed()
-        os.register_at_fork(after_in_child=self._reseed)
-
-    def _reseed(self) -> None:
-        self._prefix = uuid.uuid4().hex[:16]
-        self._count = itertools.count()
+        self._pid = -1
 
     def next(self) -> str:
+        # A forked child draws its own prefix, whether or not the fork ran Python's hooks
+        # (uWSGI's prefork does not): the pid says.
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._prefix = uuid.uuid4().hex[:16]
+            self._count = itertools.count()
         return f"{self._prefix}{next(self._count):016x}"
 
 
