@@ -52,7 +52,8 @@ class Dialect:
         raise NotImplementedError
 
     def now_plus_column(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
-        """The database clock plus a number of seconds that varies by row."""
+        """The database clock plus a number of seconds that varies by row, for a bulk
+        schedule that computes due times in its statement (not MySQL's: see _insert_new)."""
         raise NotImplementedError
 
     def engine_options(self, url: URL, pool: PoolConfig) -> dict[str, Any]:
@@ -206,10 +207,6 @@ class MySQLDialect(Dialect):
 
     def now_plus(self, seconds: float) -> ColumnElement[datetime]:
         micros = round(seconds * 1_000_000)
-        return func.timestampadd(text("MICROSECOND"), micros, self.now(), type_=UTCDateTime)
-
-    def now_plus_column(self, seconds: ColumnElement[float]) -> ColumnElement[datetime]:
-        micros = func.round(seconds * 1_000_000)
         return func.timestampadd(text("MICROSECOND"), micros, self.now(), type_=UTCDateTime)
 
     def engine_options(self, url: URL, pool: PoolConfig) -> dict[str, Any]:
